@@ -1,0 +1,161 @@
+//! Typed configuration, layered: built-in defaults, then an optional TOML file, then `HERALD_*`
+//! environment variables, then command-line flags. [`Config::validate`] runs after layering and
+//! names the offending key in every error, so a bad config stops the process at start.
+
+mod routes;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use routes::{RouteConfig, RouteTemplate};
+
+/// Environment variables with the `HERALD_` prefix that are not config keys.
+const NON_CONFIG_ENV: &[&str] = &["config", "log_format"];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config: {0}")]
+pub struct ConfigError(pub String);
+
+fn invalid(key: impl std::fmt::Display, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {why}"))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP/WebSocket server binds.
+    pub listen: SocketAddr,
+    /// Redis URL; unset means the embedded in-memory broker (one instance only).
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel Herald uses.
+    pub redis_prefix: String,
+    /// This instance's id, shown to clients in `welcome`; random when not set.
+    pub node_id: String,
+    /// Keys accepted by the HTTP API (`Authorization: Bearer <key>`). Empty: loopback only.
+    #[serde(deserialize_with = "comma_list")]
+    pub api_keys: Vec<String>,
+    /// Largest client frame accepted; larger frames close the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Frames a client's outbound queue holds before the client is closed as too slow (4008).
+    pub outbound_queue: usize,
+    /// Per-namespace policy, keyed by namespace (the group name before its first `.`).
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// WebSocket paths that auto-subscribe and grant publishing, like Channels' routing.
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Whether clients on the generic `/ws` endpoint may publish to groups of this namespace.
+    pub client_publish: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            redis_url: None,
+            redis_prefix: "herald".into(),
+            node_id: random_node_id(),
+            api_keys: Vec::new(),
+            max_frame_bytes: 64 * 1024,
+            outbound_queue: 1024,
+            namespaces: BTreeMap::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers in charge.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+}
+
+impl Config {
+    /// Layers defaults, `file`, the process's `HERALD_*` environment and `overrides`, then
+    /// validates. Nested keys use `__` in variable names (`HERALD_NAMESPACES__CHAT__CLIENT_PUBLISH`).
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!("config file {}: not found", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("HERALD_").split("__").ignore(NON_CONFIG_ENV))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot; every error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.redis_url {
+            redis::Client::open(url.as_str()).map_err(|e| invalid("redis_url", e))?;
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            return Err(invalid("redis_prefix", "must be non-empty and without spaces"));
+        }
+        if self.node_id.is_empty()
+            || self.node_id.len() > 64
+            || !self.node_id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return Err(invalid("node_id", "must be 1 to 64 of A-Z a-z 0-9 _ . -"));
+        }
+        if let Some(i) = self.api_keys.iter().position(|k| k.trim().is_empty()) {
+            return Err(invalid(format!("api_keys[{i}]"), "must not be empty"));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_frame_bytes) {
+            return Err(invalid("max_frame_bytes", "must be between 1024 and 16777216"));
+        }
+        if !(1..=1_000_000).contains(&self.outbound_queue) {
+            return Err(invalid("outbound_queue", "must be between 1 and 1000000"));
+        }
+        for name in self.namespaces.keys() {
+            if name.is_empty() || name.contains('.') || crate::group::GroupName::new(name).is_err() {
+                return Err(invalid(format!("namespaces.{name}"), "not a valid namespace name"));
+            }
+        }
+        routes::validate(&self.routes)
+    }
+
+    /// The policy of `namespace` (the default policy when it has no entry).
+    pub fn namespace(&self, namespace: &str) -> NamespaceConfig {
+        self.namespaces.get(namespace).cloned().unwrap_or_default()
+    }
+}
+
+fn random_node_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// Accepts `"a,b"` (as environment variables give it) or a list of strings.
+fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        One(String),
+        Number(u64),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(list) => list,
+        Either::One(s) => s.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect(),
+        Either::Number(n) => vec![n.to_string()],
+    })
+}

@@ -1,0 +1,123 @@
+//! The gateway: an axum server that holds client WebSockets and fans group messages out to them.
+//!
+//! [`Gateway`] is the state every handler shares: config, the [`Hub`], this node's id and the
+//! shutdown token. [`serve`] runs the HTTP server on a listener the caller bound, until the
+//! token is cancelled; sessions then close with 1012 and `serve` returns once they are gone.
+
+mod api;
+mod demo;
+mod routes;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::ws::Utf8Bytes;
+use serde_json::value::RawValue;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{self, Broker, BrokerError};
+use crate::config::{Config, ConfigError};
+use crate::group::GroupName;
+use crate::hub::{Hub, Registry};
+use crate::protocol;
+
+/// Shared state of one gateway instance.
+pub struct Gateway {
+    config: Config,
+    hub: Hub,
+    next_session: AtomicU64,
+    shutdown: CancellationToken,
+    /// Live WebSocket sessions, so `serve` can wait for them to close on shutdown.
+    sessions: TaskTracker,
+    routes: Vec<Arc<routes::CompiledRoute>>,
+}
+
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl Gateway {
+    /// Builds the instance with the broker its config names (Redis, or in-memory when
+    /// `redis_url` is unset). Cancelling `shutdown` stops the broker and every session.
+    pub fn new(config: Config, shutdown: CancellationToken) -> Result<Arc<Self>, StartError> {
+        config.validate()?;
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| routes::CompiledRoute::compile(r).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        let registry = Registry::new();
+        let broker: Arc<dyn Broker> = match &config.redis_url {
+            Some(url) => Arc::new(broker::redis::RedisBroker::start(
+                url,
+                &config.redis_prefix,
+                registry.clone(),
+                shutdown.clone(),
+            )?),
+            None => Arc::new(broker::memory::MemoryBroker::new(registry.clone())),
+        };
+        let hub = Hub::new(registry, broker);
+        Ok(Arc::new(Self {
+            config,
+            hub,
+            next_session: AtomicU64::new(1),
+            shutdown,
+            sessions: TaskTracker::new(),
+            routes,
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Encodes the `message` frame once and publishes it: one broker operation.
+    pub async fn publish(&self, group: &GroupName, data: &RawValue) -> Result<(), BrokerError> {
+        let frame: Utf8Bytes = protocol::message(group, data);
+        self.hub.broker().publish(group, frame).await
+    }
+}
+
+/// Serves HTTP and WebSockets on `listener` until the gateway's shutdown token is cancelled,
+/// then waits for every session to close.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> std::io::Result<()> {
+    let shutdown = gateway.shutdown.clone();
+    let app = router(gateway.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    gateway.sessions.close();
+    gateway.sessions.wait().await;
+    Ok(())
+}
+
+fn router(gateway: Arc<Gateway>) -> Router {
+    let mut router = Router::new()
+        .merge(demo::router())
+        .merge(api::router(&gateway))
+        .route("/ws", axum::routing::get(session::generic));
+    for route in &gateway.routes {
+        router = router.route(&route.path, routes::handler(route.clone()));
+    }
+    router.with_state(gateway)
+}

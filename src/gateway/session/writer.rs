@@ -1,0 +1,73 @@
+//! The sending half of a session: drains the outbox into the socket.
+//!
+//! Frames already queued are written together and flushed once (one syscall for a burst). A
+//! close request wins over queued frames: a slow consumer is closed with 4008 at once, even in
+//! the middle of a write the client is not reading.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+use tokio::sync::mpsc;
+
+use crate::outbox::Outbox;
+use crate::protocol::close;
+
+/// Frames coalesced into one flush at most, so one busy client cannot hog a worker thread.
+const MAX_BATCH: usize = 64;
+/// How long sending the close frame may take before the connection is simply dropped.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Sink = SplitSink<WebSocket, Message>;
+
+pub(super) async fn run(mut sink: Sink, mut queue: mpsc::Receiver<Utf8Bytes>, outbox: Arc<Outbox>) {
+    loop {
+        let written = tokio::select! {
+            biased;
+            code = outbox.closing() => return send_close(&mut sink, code).await,
+            frame = queue.recv() => match frame {
+                Some(frame) => write_batch(&mut sink, frame, &mut queue),
+                None => return,
+            },
+        };
+        let result = tokio::select! {
+            biased;
+            code = outbox.closing() => return send_close(&mut sink, code).await,
+            result = written => result,
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "write failed");
+            // The socket is gone; tell the reader so the session ends.
+            outbox.close(close::NORMAL);
+            return;
+        }
+    }
+}
+
+async fn write_batch(
+    sink: &mut Sink,
+    first: Utf8Bytes,
+    queue: &mut mpsc::Receiver<Utf8Bytes>,
+) -> Result<(), axum::Error> {
+    sink.feed(Message::Text(first)).await?;
+    for _ in 1..MAX_BATCH {
+        match queue.try_recv() {
+            Ok(frame) => sink.feed(Message::Text(frame)).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
+}
+
+async fn send_close(sink: &mut Sink, code: u16) {
+    let reason = match code {
+        close::TOO_LARGE => "frame too large",
+        close::RESTARTING => "server restarting",
+        close::SLOW_CONSUMER => "slow consumer",
+        _ => "",
+    };
+    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+}

@@ -1,0 +1,40 @@
+//! Herald: a horizontally scalable WebSocket pub/sub gateway.
+//!
+//! Browsers hold WebSockets to stateless gateway instances and join *groups*; anything that
+//! publishes to a group (an HTTP call, another client, a scheduler) reaches every member of that
+//! group on every instance, through Redis.
+//!
+//! ```text
+//!  publishers                      Redis                     gateways (N, stateless)      browsers
+//!  POST /api/publish ──┐                                  ┌─ gateway A: hub ─ sessions ─ ws clients
+//!  client "publish" ───┼─► PUBLISH <prefix>:group:<g> ────┼─ gateway B: hub ─ sessions ─ ws clients
+//!                      │   (one per message)              └─ gateway C: hub ─ sessions ─ ws clients
+//!                      │                                         ▲ one SUBSCRIBE per group per instance
+//! ```
+//!
+//! A message is encoded into its client frame once, by the publisher; the frame crosses the
+//! broker as-is and every local member of the group gets the same shared bytes through a
+//! bounded per-client queue.
+//!
+//! Module map:
+//! - [`config`]: layered, validated configuration.
+//! - [`group`]: validated group names and namespaces.
+//! - [`protocol`]: client frames, error codes, close codes.
+//! - [`broker`]: the [`broker::Broker`] contract, in-memory and Redis implementations.
+//! - [`hub`]: group membership and fan-out to local sessions.
+//! - [`outbox`]: each client's bounded outbound queue and close signal.
+//! - [`gateway`]: the axum server, WebSocket sessions, HTTP API, demo page.
+//! - [`shutdown`]: signal handling, for `main` only.
+//!
+//! The library never binds ports, reads the environment (except [`config::Config::load`], which
+//! `main` calls) or installs signal handlers: the caller passes a listener, a config and a
+//! shutdown token in.
+
+pub mod broker;
+pub mod config;
+pub mod gateway;
+pub mod group;
+pub mod hub;
+pub mod outbox;
+pub mod protocol;
+pub mod shutdown;

@@ -1,0 +1,106 @@
+//! The `herald` command: `standalone` (default) and `gateway`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herald::config::{Config, NamespaceConfig, Overrides};
+use herald::gateway::{self, Gateway};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "WebSocket pub/sub gateway: groups shared across instances through Redis"
+)]
+struct Cli {
+    /// TOML config file.
+    #[arg(long, global = true, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides `listen`).
+    #[arg(long, global = true)]
+    listen: Option<std::net::SocketAddr>,
+    /// Redis URL (overrides `redis_url`).
+    #[arg(long, global = true)]
+    redis_url: Option<String>,
+    /// This instance's id (overrides `node_id`).
+    #[arg(long, global = true)]
+    node_id: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    /// One self-contained instance with the demo chat; in-memory broker unless redis_url is set.
+    Standalone,
+    /// A stateless gateway instance; needs redis_url so instances share groups.
+    Gateway,
+}
+
+/// Exit code for a configuration error (as for a usage error).
+const EXIT_CONFIG: u8 = 2;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let command = cli.command.unwrap_or(Command::Standalone);
+    let config = match load_config(&cli, command) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli, command: Command) -> anyhow::Result<Config> {
+    let overrides =
+        Overrides { listen: cli.listen, redis_url: cli.redis_url.clone(), node_id: cli.node_id.clone() };
+    let mut config = Config::load(cli.config.as_deref(), overrides)?;
+    match command {
+        Command::Gateway if config.redis_url.is_none() => anyhow::bail!(
+            "invalid config: redis_url: gateway mode needs Redis (set HERALD_REDIS_URL); \
+             `herald standalone` runs one instance on the in-memory broker"
+        ),
+        Command::Gateway => {}
+        // The demo chat publishes from the browser.
+        Command::Standalone => {
+            config.namespaces.entry("chat".into()).or_insert(NamespaceConfig { client_publish: true });
+        }
+    }
+    Ok(config)
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    herald::shutdown::on_signal(shutdown.clone());
+    let listen = config.listen;
+    let broker = if config.redis_url.is_some() { "redis" } else { "memory" };
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let gateway = Gateway::new(config, shutdown).context("cannot start the gateway")?;
+    tracing::info!(%listen, node = gateway.node_id(), broker, "herald listening on http://{listen}/");
+    gateway::serve(listener, gateway).await.context("server failed")
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("HERALD_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

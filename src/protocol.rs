@@ -1,0 +1,244 @@
+//! Client protocol v1: the JSON text frames spoken on a WebSocket, error codes and close codes.
+//!
+//! Decoding is two-step on purpose: a frame is first read into a loose [`RawFrame`] (every field
+//! optional, unknown fields ignored) so that a bad frame still yields its `id` and a precise
+//! [`ErrorCode`]; only then is it turned into a typed [`Request`]. Nothing in here panics on any
+//! input. Encoding produces shared [`Utf8Bytes`]: a group message is encoded once per instance and
+//! the same bytes go to every local member.
+
+use axum::extract::ws::Utf8Bytes;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::group::{GroupName, InvalidGroup};
+
+/// WebSocket close codes Herald sends.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// A client frame exceeded `max_frame_bytes`.
+    pub const TOO_LARGE: u16 = 1009;
+    /// The instance is shutting down; reconnect (to another instance).
+    pub const RESTARTING: u16 = 1012;
+    /// Missing, invalid or expired credentials.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// The connection is not allowed.
+    pub const FORBIDDEN: u16 = 4003;
+    /// The client did not read fast enough and its outbound queue overflowed.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// The client kept exceeding its rate limit.
+    pub const RATE_LIMITED: u16 = 4029;
+}
+
+/// The `code` of an `error` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownType,
+    InvalidGroup,
+    Forbidden,
+    TooLarge,
+    RateLimited,
+    Unavailable,
+    Internal,
+}
+
+/// A request a client may send.
+#[derive(Debug)]
+pub enum Request {
+    Subscribe { group: GroupName },
+    Unsubscribe { group: GroupName },
+    Publish { group: GroupName, data: Box<RawValue> },
+    Ping,
+}
+
+/// A decoded client frame: the request and the `id` to echo in its answer.
+#[derive(Debug)]
+pub struct Incoming {
+    pub id: Option<u64>,
+    pub request: Request,
+}
+
+/// Why a client frame was refused; becomes an `error` frame and the connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct RequestError {
+    pub id: Option<u64>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RequestError {
+    pub fn new(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { id, code, message: message.into() }
+    }
+}
+
+/// Every field a v1 client frame may carry; all optional so that errors can be precise.
+#[derive(Deserialize)]
+struct RawFrame {
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
+    id: Option<serde_json::Value>,
+    group: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Box<RawValue>>,
+}
+
+/// Keeps an explicit `"data": null` as data (plain `Option` would read it as absent).
+pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+/// Decodes one client text frame.
+pub fn decode(text: &str) -> Result<Incoming, RequestError> {
+    let raw: RawFrame = serde_json::from_str(text).map_err(|e| {
+        RequestError::new(None, ErrorCode::BadRequest, format!("frame is not a JSON object: {e}"))
+    })?;
+    let id = match raw.id {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            RequestError::new(None, ErrorCode::BadRequest, "id must be an unsigned integer")
+        })?),
+    };
+    let bad = |code, message: &str| RequestError::new(id, code, message);
+    let kind = match &raw.kind {
+        Some(serde_json::Value::String(kind)) => kind.as_str(),
+        Some(_) => return Err(bad(ErrorCode::BadRequest, "type must be a string")),
+        None => return Err(bad(ErrorCode::BadRequest, "missing field type")),
+    };
+    let request = match kind {
+        "subscribe" => Request::Subscribe { group: group_field(raw.group, id)? },
+        "unsubscribe" => Request::Unsubscribe { group: group_field(raw.group, id)? },
+        "publish" => {
+            let group = group_field(raw.group, id)?;
+            let data = raw.data.ok_or_else(|| bad(ErrorCode::BadRequest, "missing field data"))?;
+            Request::Publish { group, data }
+        }
+        "ping" => Request::Ping,
+        other => {
+            return Err(RequestError::new(id, ErrorCode::UnknownType, format!("unknown type {other:?}")));
+        }
+    };
+    Ok(Incoming { id, request })
+}
+
+fn group_field(group: Option<serde_json::Value>, id: Option<u64>) -> Result<GroupName, RequestError> {
+    match group {
+        Some(serde_json::Value::String(name)) => GroupName::new(&name).map_err(|e| invalid_group(id, &e)),
+        Some(_) => Err(RequestError::new(id, ErrorCode::BadRequest, "group must be a string")),
+        None => Err(RequestError::new(id, ErrorCode::BadRequest, "missing field group")),
+    }
+}
+
+pub fn invalid_group(id: Option<u64>, e: &InvalidGroup) -> RequestError {
+    RequestError::new(id, ErrorCode::InvalidGroup, e.to_string())
+}
+
+/// Frames the server sends that are specific to one client.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ServerFrame<'a> {
+    Welcome {
+        client: &'a str,
+        node: &'a str,
+    },
+    Reply {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<&'a serde_json::Value>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: ErrorCode,
+        message: &'a str,
+    },
+    Message {
+        group: &'a str,
+        data: &'a RawValue,
+    },
+}
+
+fn encode(frame: &ServerFrame<'_>) -> Utf8Bytes {
+    // Serializing these types cannot fail: every key is a string and no map holds non-string keys.
+    let text = serde_json::to_string(frame).expect("server frames always serialize");
+    Utf8Bytes::from(text)
+}
+
+/// `{"type":"welcome","client":..,"node":..}`, the first frame of every connection.
+pub fn welcome(client: &str, node: &str) -> Utf8Bytes {
+    encode(&ServerFrame::Welcome { client, node })
+}
+
+/// `{"type":"reply","id":..}` (with `result` where the request has one).
+pub fn reply(id: Option<u64>, result: Option<&serde_json::Value>) -> Utf8Bytes {
+    encode(&ServerFrame::Reply { id, result })
+}
+
+/// `{"type":"error","id":..,"code":..,"message":..}`.
+pub fn error(err: &RequestError) -> Utf8Bytes {
+    encode(&ServerFrame::Error { id: err.id, code: err.code, message: &err.message })
+}
+
+/// `{"type":"message","group":..,"data":..}`: the frame every member of `group` receives. Built
+/// once by the publisher and carried through the broker as-is.
+pub fn message(group: &GroupName, data: &RawValue) -> Utf8Bytes {
+    encode(&ServerFrame::Message { group: group.as_str(), data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(text: &str) -> (Option<u64>, ErrorCode) {
+        let e = decode(text).unwrap_err();
+        (e.id, e.code)
+    }
+
+    #[test]
+    fn decodes_every_request() {
+        let s = decode(r#"{"type":"subscribe","group":"chat.a","id":1}"#).unwrap();
+        assert_eq!(s.id, Some(1));
+        assert!(matches!(s.request, Request::Subscribe { group } if group.as_str() == "chat.a"));
+        let p = decode(r#"{"type":"publish","group":"g","data":{"x":[1,2]}}"#).unwrap();
+        assert!(matches!(p.request, Request::Publish { data, .. } if data.get() == r#"{"x":[1,2]}"#));
+        let n = decode(r#"{"type":"publish","group":"g","data":null}"#).unwrap();
+        assert!(matches!(n.request, Request::Publish { data, .. } if data.get() == "null"));
+        assert!(matches!(decode(r#"{"type":"ping"}"#).unwrap().request, Request::Ping));
+        assert!(matches!(
+            decode(r#"{"type":"unsubscribe","group":"g","extra":true}"#).unwrap().request,
+            Request::Unsubscribe { .. }
+        ));
+    }
+
+    #[test]
+    fn errors_are_precise_and_keep_the_id() {
+        assert_eq!(code_of("nope"), (None, ErrorCode::BadRequest));
+        assert_eq!(code_of("[1]"), (None, ErrorCode::BadRequest));
+        assert_eq!(code_of(r#"{"type":"ping","id":-1}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code_of(r#"{"type":"dance","id":7}"#), (Some(7), ErrorCode::UnknownType));
+        assert_eq!(code_of(r#"{"id":7}"#), (Some(7), ErrorCode::BadRequest));
+        assert_eq!(code_of(r#"{"type":"subscribe","id":2}"#), (Some(2), ErrorCode::BadRequest));
+        assert_eq!(
+            code_of(r#"{"type":"subscribe","group":"a b","id":3}"#),
+            (Some(3), ErrorCode::InvalidGroup)
+        );
+        assert_eq!(code_of(r#"{"type":"subscribe","group":5,"id":3}"#), (Some(3), ErrorCode::BadRequest));
+        assert_eq!(code_of(r#"{"type":"publish","group":"g","id":4}"#), (Some(4), ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn encodes_frames() {
+        assert_eq!(welcome("c1", "n1").as_str(), r#"{"type":"welcome","client":"c1","node":"n1"}"#);
+        assert_eq!(reply(Some(3), None).as_str(), r#"{"type":"reply","id":3}"#);
+        assert_eq!(reply(None, None).as_str(), r#"{"type":"reply"}"#);
+        let e = RequestError::new(Some(1), ErrorCode::InvalidGroup, "bad");
+        assert_eq!(error(&e).as_str(), r#"{"type":"error","id":1,"code":"invalid_group","message":"bad"}"#);
+        let data = RawValue::from_string(r#"{"a": 1}"#.into()).unwrap();
+        let g = GroupName::new("chat.x").unwrap();
+        assert_eq!(message(&g, &data).as_str(), r#"{"type":"message","group":"chat.x","data":{"a": 1}}"#);
+    }
+}
