@@ -159,3 +159,96 @@ fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> 
         Either::Number(n) => vec![n.to_string()],
     })
 }
+
+#[cfg(test)]
+// `Jail` closures must return figment's (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use figment::Jail;
+
+    use super::*;
+
+    fn load_in(jail: &Jail, file: Option<&str>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let path = file.map(|f| jail.directory().join(f));
+        Config::load(path.as_deref(), overrides)
+    }
+
+    #[test]
+    fn defaults_then_file_then_env_then_flags() {
+        Jail::expect_with(|jail| {
+            let defaults = load_in(jail, None, Overrides::default()).unwrap();
+            assert_eq!(defaults.listen, "127.0.0.1:8000".parse().unwrap());
+            assert_eq!((defaults.redis_url, defaults.redis_prefix.as_str()), (None, "herald"));
+            assert_eq!(defaults.node_id.len(), 8, "random node id");
+
+            jail.create_file(
+                "herald.toml",
+                r#"
+                listen = "0.0.0.0:9000"
+                redis_url = "redis://file/"
+                node_id = "from-file"
+                api_keys = ["k1"]
+                [namespaces.chat]
+                client_publish = true
+                [[routes]]
+                path = "/ws/chat/{room}"
+                subscribe = ["chat.{room}"]
+                "#,
+            )?;
+            jail.set_env("HERALD_REDIS_URL", "redis://env/");
+            jail.set_env("HERALD_NODE_ID", "from-env");
+            jail.set_env("HERALD_API_KEYS", "a, b,c");
+            jail.set_env("HERALD_CONFIG", "ignored-here.toml");
+            let flags = Overrides { node_id: Some("from-flag".into()), ..Overrides::default() };
+            let config = load_in(jail, Some("herald.toml"), flags).unwrap();
+            assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+            assert_eq!(config.redis_url.as_deref(), Some("redis://env/"));
+            assert_eq!(config.node_id, "from-flag");
+            assert_eq!(config.api_keys, ["a", "b", "c"]);
+            assert!(config.namespace("chat").client_publish);
+            assert!(!config.namespace("news").client_publish);
+            assert_eq!(config.routes[0].subscribe, ["chat.{room}"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        Jail::expect_with(|_| {
+            let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/herald.toml");
+            let config = Config::load(Some(&example), Overrides::default()).unwrap();
+            assert_eq!(config.routes.len(), 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        Jail::expect_with(|jail| {
+            let err = |jail: &Jail| load_in(jail, None, Overrides::default()).unwrap_err().0;
+            jail.set_env("HERALD_LISTEN", "not an address");
+            assert!(err(jail).to_lowercase().contains("listen"), "{}", err(jail));
+            jail.set_env("HERALD_LISTEN", "127.0.0.1:1");
+            jail.set_env("HERALD_MAX_FRAME_BYTES", "12");
+            assert!(err(jail).starts_with("max_frame_bytes:"), "{}", err(jail));
+            jail.set_env("HERALD_MAX_FRAME_BYTES", "65536");
+            jail.set_env("HERALD_REDIS_URL", "http://nope");
+            assert!(err(jail).starts_with("redis_url:"), "{}", err(jail));
+            jail.set_env("HERALD_REDIS_URL", "redis://127.0.0.1/");
+            jail.set_env("HERALD_NODE_ID", "has space");
+            assert!(err(jail).starts_with("node_id:"), "{}", err(jail));
+            jail.set_env("HERALD_NODE_ID", "ok");
+            jail.set_env("HERALD_LISTN", "typo");
+            assert!(err(jail).to_lowercase().contains("listn"), "{}", err(jail));
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[namespaces.chat]\nclient_publsh = true\n")?;
+            let e = load_in(jail, Some("bad.toml"), Overrides::default()).unwrap_err().0;
+            assert!(e.contains("client_publsh"), "{e}");
+            let e = load_in(jail, Some("missing.toml"), Overrides::default()).unwrap_err().0;
+            assert!(e.contains("missing.toml") && e.contains("not found"), "{e}");
+            Ok(())
+        });
+    }
+}

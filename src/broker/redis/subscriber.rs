@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use rand::Rng;
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
-use tokio::time::{interval, sleep, timeout};
+use tokio::time::{Instant, interval_at, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Confirmation, Sink};
@@ -125,7 +125,7 @@ impl Subscriber {
         self.ready.store(true, Ordering::Release);
         *failures = 0;
         tracing::info!(groups = active.len(), "redis pub/sub connected");
-        let mut ping = interval(PING_EVERY);
+        let mut ping = interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -142,7 +142,7 @@ impl Subscriber {
                     self.reconcile(&mut sink, &mut active).await?;
                 }
                 _ = ping.tick() => {
-                    timeout(PING_TIMEOUT, sink.ping::<String>())
+                    timeout(PING_TIMEOUT, sink.ping::<redis::Value>())
                         .await
                         .map_err(|_| closed("ping timed out"))??;
                 }

@@ -1,0 +1,370 @@
+//! Test harness: real `redis-server` processes on free ports, gateways on port 0, real
+//! WebSocket and HTTP clients. Everything started here is stopped on `Drop`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use herald::config::Config;
+use herald::gateway::{self, Gateway};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound for anything a test waits for; generous so a loaded machine does not fail tests.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Polls `check` until it returns true or `WAIT` passes.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A private `redis-server` without persistence.
+pub struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        for _ in 0..5 {
+            let mut redis = Self { port: free_port(), child: None };
+            if redis.spawn().await {
+                return redis;
+            }
+        }
+        panic!("could not start redis-server");
+    }
+
+    /// Starts the server on `self.port`; false if it did not come up (port taken).
+    async fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return false;
+            }
+            if self.try_query(&["PING"]).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.kill();
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILLs the server (data is gone: it keeps nothing on disk).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        assert!(self.spawn().await, "redis-server did not restart on port {}", self.port);
+    }
+
+    async fn try_query(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut conn).await
+    }
+
+    pub async fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let value = self.try_query(args).await.expect("redis query");
+        redis::from_redis_value(value).expect("redis reply type")
+    }
+
+    /// Subscribers of one Redis channel, across all connections (`PUBSUB NUMSUB`).
+    pub async fn numsub(&self, channel: &str) -> i64 {
+        let reply: (String, i64) = self.query(&["PUBSUB", "NUMSUB", channel]).await;
+        reply.1
+    }
+
+    /// Calls of one command since start, from `INFO commandstats`.
+    pub async fn command_calls(&self, command: &str) -> u64 {
+        let info: String = self.query(&["INFO", "commandstats"]).await;
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A config for a test gateway: loopback, port 0, the given Redis (or in-memory).
+pub fn config(redis: Option<&Redis>, node_id: &str) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        redis_url: redis.map(Redis::url),
+        node_id: node_id.into(),
+        ..Config::default()
+    }
+}
+
+/// One gateway instance running in this process.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub id: String,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    pub async fn start(config: Config) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let id = config.node_id.clone();
+        let shutdown = CancellationToken::new();
+        let gateway = Gateway::new(config, shutdown.clone()).expect("gateway config");
+        let task = tokio::spawn(async move { gateway::serve(listener, gateway).await.unwrap() });
+        Self { addr, id, shutdown, task: Some(task) }
+    }
+
+    /// A started gateway whose broker is ready (its Redis subscriber connected).
+    pub async fn ready(config: Config) -> Self {
+        let node = Self::start(config).await;
+        eventually("gateway ready", || async { node.get("/readyz").await.0 == 200 }).await;
+        node
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// A client on `/ws` that has read its welcome.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.ws_url("/ws")).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        http(self.addr, "GET", path, &[], "").await
+    }
+
+    /// `POST /api/publish` from loopback without a key.
+    pub async fn publish(&self, group: &str, data: Value) -> (u16, Value) {
+        let body = json!({"group": group, "data": data}).to_string();
+        http(self.addr, "POST", "/api/publish", &[], &body).await
+    }
+
+    /// Stops the gateway and waits until it has closed its sessions.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task).await.expect("gateway stops").unwrap();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection, JSON (or empty) body back.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("http response").unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A real WebSocket client speaking protocol v1.
+pub struct Client {
+    ws: Socket,
+    next_id: u64,
+    /// Frames read while waiting for something else (a reply), in arrival order.
+    buffered: VecDeque<Value>,
+    pub welcome: Value,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connect");
+        let mut client = Self { ws, next_id: 1, buffered: VecDeque::new(), welcome: Value::Null };
+        client.welcome = client.read().await;
+        assert_eq!(client.welcome["type"], "welcome", "first frame is the welcome");
+        client
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(Message::text(text.into())).await.expect("send");
+    }
+
+    /// Sends a binary frame (the protocol only speaks text).
+    pub async fn ws_binary(&mut self, bytes: &'static [u8]) {
+        self.ws.send(Message::binary(bytes)).await.expect("send");
+    }
+
+    /// The next text frame, parsed; panics on close or after `WAIT`.
+    async fn read(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next()).await.expect("frame in time");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str(&text).expect("server frames are JSON");
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame, buffered ones first.
+    pub async fn recv(&mut self) -> Value {
+        match self.buffered.pop_front() {
+            Some(frame) => frame,
+            None => self.read().await,
+        }
+    }
+
+    /// Sends `request` with a fresh id and returns its `reply` or `error`; other frames that
+    /// arrive meanwhile are kept for [`Client::recv`].
+    pub async fn request(&mut self, mut request: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        request["id"] = json!(id);
+        self.send_text(request.to_string()).await;
+        self.answer_to(id).await
+    }
+
+    async fn answer_to(&mut self, id: u64) -> Value {
+        loop {
+            let frame = self.read().await;
+            if frame["id"] == json!(id) && (frame["type"] == "reply" || frame["type"] == "error") {
+                return frame;
+            }
+            self.buffered.push_back(frame);
+        }
+    }
+
+    pub async fn subscribe(&mut self, group: &str) {
+        let answer = self.request(json!({"type": "subscribe", "group": group})).await;
+        assert_eq!(answer["type"], "reply", "subscribe {group}: {answer}");
+    }
+
+    pub async fn unsubscribe(&mut self, group: &str) {
+        let answer = self.request(json!({"type": "unsubscribe", "group": group})).await;
+        assert_eq!(answer["type"], "reply", "unsubscribe {group}: {answer}");
+    }
+
+    pub async fn publish(&mut self, group: &str, data: Value) -> Value {
+        self.request(json!({"type": "publish", "group": group, "data": data})).await
+    }
+
+    /// The next `message` frame's `(group, data)`.
+    pub async fn message(&mut self) -> (String, Value) {
+        let frame = self.recv().await;
+        assert_eq!(frame["type"], "message", "expected a message, got {frame}");
+        (frame["group"].as_str().unwrap().to_string(), frame["data"].clone())
+    }
+
+    /// Asserts nothing but the answer to a ping arrives: a round trip proves that any message
+    /// sent before it would already be here.
+    pub async fn assert_no_message(&mut self) {
+        let answer = self.request(json!({"type": "ping"})).await;
+        assert_eq!(answer["type"], "reply");
+        assert!(self.buffered.is_empty(), "unexpected frames: {:?}", self.buffered);
+    }
+
+    /// Reads until the server's close frame and returns its code (text frames are skipped).
+    pub async fn close_code(&mut self) -> u16 {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time") {
+                Some(Ok(Message::Close(frame))) => return frame.map_or(1005, |f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Closes from the client side.
+    pub async fn close(mut self) {
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
+    }
+}

@@ -1,0 +1,70 @@
+//! `POST /api/publish` auth and validation, health endpoints.
+
+use serde_json::json;
+
+use crate::harness::{Node, config, http};
+
+#[tokio::test]
+async fn publish_requires_one_of_the_configured_keys() {
+    let mut config = config(None, "solo");
+    config.api_keys = vec!["old-key".into(), "new-key".into()];
+    let node = Node::ready(config).await;
+    let mut member = node.client().await;
+    member.subscribe("alerts").await;
+    let body = json!({"group": "alerts", "data": "fire"}).to_string();
+    let post = |headers: &'static [(&'static str, &'static str)]| {
+        let body = body.clone();
+        let addr = node.addr;
+        async move { http(addr, "POST", "/api/publish", headers, &body).await }
+    };
+
+    let (status, error) = post(&[]).await;
+    assert_eq!(status, 401);
+    assert_eq!(error["ok"], false);
+    assert_eq!(post(&[("authorization", "Bearer wrong-key")]).await.0, 401);
+    assert_eq!(post(&[("authorization", "Basic old-key")]).await.0, 401);
+    member.assert_no_message().await;
+
+    let (status, ok) = post(&[("authorization", "Bearer old-key")]).await;
+    assert_eq!((status, ok), (200, json!({"ok": true})));
+    assert_eq!(post(&[("authorization", "Bearer new-key")]).await.0, 200);
+    assert_eq!(member.message().await.1, json!("fire"));
+    assert_eq!(member.message().await.1, json!("fire"));
+}
+
+#[tokio::test]
+async fn bad_and_oversize_bodies_get_json_errors() {
+    let node = Node::ready(config(None, "solo")).await;
+    let mut member = node.client().await;
+    member.subscribe("a").await;
+    member.subscribe("b").await;
+    let post = |body: String| http(node.addr, "POST", "/api/publish", &[], Box::leak(body.into_boxed_str()));
+
+    for (body, code) in [
+        ("nope".to_string(), "bad_request"),
+        (json!({"data": 1}).to_string(), "bad_request"),
+        (json!({"group": "a"}).to_string(), "bad_request"),
+        (json!({"group": "a b", "data": 1}).to_string(), "invalid_group"),
+        (json!({"groups": ["a", "b c"], "data": 1}).to_string(), "invalid_group"),
+    ] {
+        let (status, error) = post(body.clone()).await;
+        assert_eq!((status, error["error"]["code"].as_str()), (400, Some(code)), "for {body}");
+    }
+    let huge = json!({"group": "a", "data": "x".repeat(herald::config::Config::default().max_frame_bytes)});
+    let (status, error) = post(huge.to_string()).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (413, Some("too_large")));
+    member.assert_no_message().await;
+
+    assert_eq!(post(json!({"groups": ["a", "b"], "data": null}).to_string()).await.0, 200);
+    assert_eq!(member.message().await, ("a".into(), json!(null)));
+    assert_eq!(member.message().await, ("b".into(), json!(null)));
+}
+
+#[tokio::test]
+async fn health_endpoints() {
+    let node = Node::ready(config(None, "solo")).await;
+    assert_eq!(node.get("/healthz").await, (200, json!({"status": "ok"})));
+    assert_eq!(node.get("/readyz").await, (200, json!({"status": "ready"})));
+    let (status, _) = node.get("/").await;
+    assert_eq!(status, 200);
+}

@@ -1,0 +1,8 @@
+//! Integration tests: real redis-server processes, gateways on port 0, real WebSocket clients.
+
+mod bad_input;
+mod delivery;
+mod faults;
+mod harness;
+mod http_api;
+mod routes;
