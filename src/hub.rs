@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 
-use crate::broker::{Broker, BrokerError, Sink, Subscription};
+use crate::broker::{Broker, BrokerError, Publisher, Sink, Subscription};
 use crate::group::GroupName;
 use crate::outbox::Outbox;
 
@@ -84,6 +84,11 @@ impl Hub {
 
     pub fn broker(&self) -> &dyn Broker {
         &*self.broker
+    }
+
+    /// The broker's publishing half, for in-process publishers such as the scheduler.
+    pub fn publisher(&self) -> Arc<dyn Publisher> {
+        self.broker.clone()
     }
 
     pub fn registry(&self) -> &Registry {
@@ -155,10 +160,13 @@ mod tests {
         unsubscribes: AtomicUsize,
     }
 
-    impl Broker for CountingBroker {
+    impl Publisher for CountingBroker {
         fn publish<'a>(&'a self, _: &'a GroupName, _: Utf8Bytes) -> BoxFuture<'a, Result<(), BrokerError>> {
             Box::pin(async { Ok(()) })
         }
+    }
+
+    impl Broker for CountingBroker {
         fn subscribe(&self, _: &GroupName) -> Subscription {
             self.subscribes.fetch_add(1, Ordering::SeqCst);
             Subscription::confirmed()

@@ -24,6 +24,7 @@
 //! - [`hub`]: group membership and fan-out to local sessions.
 //! - [`outbox`]: each client's bounded outbound queue and close signal.
 //! - [`gateway`]: the axum server, WebSocket sessions, HTTP API, demo page.
+//! - [`scheduler`]: jobs that publish on a schedule, leader election between replicas.
 //! - [`shutdown`]: signal handling, for `main` only.
 //!
 //! The library never binds ports, reads the environment (except [`config::Config::load`], which
@@ -37,4 +38,16 @@ pub mod group;
 pub mod hub;
 pub mod outbox;
 pub mod protocol;
+pub mod scheduler;
 pub mod shutdown;
+
+/// Why a gateway or scheduler could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    #[error("{0}")]
+    Other(String),
+}

@@ -1,12 +1,14 @@
-//! The `herald` command: `standalone` (default) and `gateway`.
+//! The `herald` command: `standalone` (default), `gateway` and `scheduler`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herald::config::{Config, NamespaceConfig, Overrides};
+use herald::config::{Config, JobConfig, NamespaceConfig, Overrides};
 use herald::gateway::{self, Gateway};
+use herald::scheduler::Scheduler;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -38,6 +40,8 @@ enum Command {
     Standalone,
     /// A stateless gateway instance; needs redis_url so instances share groups.
     Gateway,
+    /// Runs the config's [[jobs]]; any number of replicas elect one leader through Redis.
+    Scheduler,
 }
 
 /// Exit code for a configuration error (as for a usage error).
@@ -55,7 +59,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match run(config).await {
+    let outcome = match command {
+        Command::Scheduler => run_scheduler(config).await,
+        Command::Standalone | Command::Gateway => run_gateway(config, command == Command::Standalone).await,
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herald: {e:#}");
@@ -69,29 +77,62 @@ fn load_config(cli: &Cli, command: Command) -> anyhow::Result<Config> {
         Overrides { listen: cli.listen, redis_url: cli.redis_url.clone(), node_id: cli.node_id.clone() };
     let mut config = Config::load(cli.config.as_deref(), overrides)?;
     match command {
-        Command::Gateway if config.redis_url.is_none() => anyhow::bail!(
-            "invalid config: redis_url: gateway mode needs Redis (set HERALD_REDIS_URL); \
+        Command::Gateway | Command::Scheduler if config.redis_url.is_none() => anyhow::bail!(
+            "invalid config: redis_url: this mode needs Redis (set HERALD_REDIS_URL); \
              `herald standalone` runs one instance on the in-memory broker"
         ),
-        Command::Gateway => {}
-        // The demo chat publishes from the browser.
+        Command::Gateway | Command::Scheduler => {}
         Command::Standalone => {
+            // The demo chat publishes from the browser; the demo panel shows these jobs.
             config.namespaces.entry("chat".into()).or_insert(NamespaceConfig { client_publish: true });
+            if config.jobs.is_empty() {
+                config.jobs = demo_jobs();
+            }
         }
     }
     Ok(config)
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+/// What standalone runs when the config has no jobs: the demo page's live panel.
+fn demo_jobs() -> Vec<JobConfig> {
+    let job = |name: &str, group: &str, every: &str, builtin: &str| JobConfig {
+        name: name.into(),
+        group: group.into(),
+        every: Some(every.into()),
+        align: true,
+        builtin: Some(builtin.into()),
+        ..JobConfig::default()
+    };
+    vec![job("demo-clock", "demo.clock", "1s", "clock"), job("demo-system", "demo.system", "5s", "system")]
+}
+
+/// A gateway; in standalone mode with the scheduler running in the same process.
+async fn run_gateway(config: Config, with_scheduler: bool) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     herald::shutdown::on_signal(shutdown.clone());
     let listen = config.listen;
     let broker = if config.redis_url.is_some() { "redis" } else { "memory" };
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let gateway = Gateway::new(config, shutdown).context("cannot start the gateway")?;
+    let scheduler_config = with_scheduler.then(|| config.clone());
+    let gateway = Gateway::new(config, shutdown.clone()).context("cannot start the gateway")?;
+    if let Some(config) = scheduler_config {
+        let scheduler = Scheduler::in_process(&config, gateway.hub().publisher())
+            .context("cannot start the scheduler")?;
+        tokio::spawn(Arc::new(scheduler).run(shutdown));
+    }
     tracing::info!(%listen, node = gateway.node_id(), broker, "herald listening on http://{listen}/");
     gateway::serve(listener, gateway).await.context("server failed")
+}
+
+/// A scheduler replica on Redis; runs until SIGTERM, then releases its lease.
+async fn run_scheduler(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    herald::shutdown::on_signal(shutdown.clone());
+    let url = config.redis_url.clone().context("redis_url is required")?;
+    let scheduler = Scheduler::on_redis(&config, &url).context("cannot start the scheduler")?;
+    Arc::new(scheduler).run(shutdown).await;
+    Ok(())
 }
 
 fn init_tracing() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::future::BoxFuture;
 
-use super::{Broker, BrokerError, Sink, Subscription};
+use super::{Broker, BrokerError, Publisher, Sink, Subscription};
 use crate::group::GroupName;
 
 pub struct MemoryBroker {
@@ -21,7 +21,7 @@ impl MemoryBroker {
     }
 }
 
-impl Broker for MemoryBroker {
+impl Publisher for MemoryBroker {
     fn publish<'a>(
         &'a self,
         group: &'a GroupName,
@@ -31,7 +31,9 @@ impl Broker for MemoryBroker {
         self.sink.deliver(group.as_str(), frame);
         Box::pin(std::future::ready(Ok(())))
     }
+}
 
+impl Broker for MemoryBroker {
     fn subscribe(&self, _group: &GroupName) -> Subscription {
         Subscription::confirmed()
     }

@@ -44,15 +44,18 @@ pub trait Sink: Send + Sync + 'static {
     fn deliver(&self, group: &str, frame: Utf8Bytes);
 }
 
-/// A publish/subscribe backend shared by every instance of a deployment.
-pub trait Broker: Send + Sync + 'static {
+/// The publishing half of a broker: all a scheduler needs.
+pub trait Publisher: Send + Sync + 'static {
     /// Publishes one encoded `message` frame to every instance subscribed to `group`.
     fn publish<'a>(
         &'a self,
         group: &'a GroupName,
         frame: Utf8Bytes,
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
+}
 
+/// A publish/subscribe backend shared by every instance of a deployment.
+pub trait Broker: Publisher {
     /// Starts this instance's subscription to `group`. Never blocks, so the hub can call it
     /// under its lock and keep subscribe/unsubscribe calls for a group in order; the returned
     /// [`Subscription`] resolves once messages of the group are being received.

@@ -2,6 +2,7 @@
 //! environment variables, then command-line flags. [`Config::validate`] runs after layering and
 //! names the offending key in every error, so a bad config stops the process at start.
 
+mod jobs;
 mod routes;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use jobs::{HttpSourceConfig, JobConfig, SchedulerConfig};
 pub use routes::{RouteConfig, RouteTemplate};
 
 /// Environment variables with the `HERALD_` prefix that are not config keys.
@@ -47,6 +49,10 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// WebSocket paths that auto-subscribe and grant publishing, like Channels' routing.
     pub routes: Vec<RouteConfig>,
+    /// Leader election of scheduler replicas.
+    pub scheduler: SchedulerConfig,
+    /// Data the scheduler publishes on a schedule.
+    pub jobs: Vec<JobConfig>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -68,6 +74,8 @@ impl Default for Config {
             outbound_queue: 1024,
             namespaces: BTreeMap::new(),
             routes: Vec::new(),
+            scheduler: SchedulerConfig::default(),
+            jobs: Vec::new(),
         }
     }
 }
@@ -131,7 +139,8 @@ impl Config {
                 return Err(invalid(format!("namespaces.{name}"), "not a valid namespace name"));
             }
         }
-        routes::validate(&self.routes)
+        routes::validate(&self.routes)?;
+        jobs::validate(&self.jobs, &self.scheduler)
     }
 
     /// The policy of `namespace` (the default policy when it has no entry).

@@ -20,8 +20,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::StartError;
 use crate::broker::{self, Broker, BrokerError};
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::group::GroupName;
 use crate::hub::{Hub, Registry};
 use crate::protocol;
@@ -35,15 +36,6 @@ pub struct Gateway {
     /// Live WebSocket sessions, so `serve` can wait for them to close on shutdown.
     sessions: TaskTracker,
     routes: Vec<Arc<routes::CompiledRoute>>,
-}
-
-/// Why a gateway could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
 }
 
 impl Gateway {

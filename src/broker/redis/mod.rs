@@ -1,10 +1,10 @@
 //! Redis broker: pooled commands for publishing, one dedicated pub/sub connection for receiving.
 //!
-//! Publishing is one `PUBLISH <prefix>:group:<group> <frame>` on a connection from a
-//! deadpool-redis pool. Receiving runs in the [`subscriber`] task, which owns the instance's only
-//! pub/sub connection: the hub's subscribe/unsubscribe calls reach it through an unbounded
-//! channel (so they never block and stay in call order), and it reconnects with backoff and
-//! resubscribes every wanted group when Redis comes back.
+//! Publishing ([`RedisPublisher`]) is one `PUBLISH <prefix>:group:<group> <frame>` on a
+//! connection from a deadpool-redis pool. Receiving runs in the [`subscriber`] task, which owns
+//! the instance's only pub/sub connection: the hub's subscribe/unsubscribe calls reach it
+//! through an unbounded channel (so they never block and stay in call order), and it reconnects
+//! with backoff and resubscribes every wanted group when Redis comes back.
 
 mod subscriber;
 
@@ -18,19 +18,93 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, Sink, Subscription};
+use super::{Broker, BrokerError, Publisher, Sink, Subscription};
 use crate::group::GroupName;
 use subscriber::{Command, Subscriber};
 
-/// How long a publish may take before it is reported as `unavailable`.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one Redis command may take before it is reported as `unavailable`.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pooled command connections; each is multiplexed, so a few carry any publish rate.
 const POOL_SIZE: usize = 8;
 
-pub struct RedisBroker {
+/// A command pool for `url`. Redis need not be reachable yet: connections are made on use.
+pub fn pool(url: &str) -> Result<Pool, BrokerError> {
+    let bad_url = |e: &dyn std::fmt::Display| BrokerError::Unavailable(format!("redis_url: {e}"));
+    deadpool_redis::Config::from_url(url)
+        .builder()
+        .map_err(|e| bad_url(&e))?
+        .max_size(POOL_SIZE)
+        .wait_timeout(Some(COMMAND_TIMEOUT))
+        .create_timeout(Some(COMMAND_TIMEOUT))
+        .recycle_timeout(Some(COMMAND_TIMEOUT))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| bad_url(&e))
+}
+
+/// Runs one command on a pooled connection within [`COMMAND_TIMEOUT`].
+pub async fn query<T: redis::FromRedisValue>(pool: &Pool, cmd: &redis::Cmd) -> Result<T, BrokerError> {
+    let run = async {
+        let mut conn = pool.get().await.map_err(unavailable)?;
+        cmd.query_async::<T>(&mut conn).await.map_err(unavailable)
+    };
+    tokio::time::timeout(COMMAND_TIMEOUT, run)
+        .await
+        .map_err(|_| BrokerError::Unavailable("redis did not answer in time".into()))?
+}
+
+/// Runs a Lua script on a pooled connection within [`COMMAND_TIMEOUT`].
+pub async fn invoke<T: redis::FromRedisValue>(
+    pool: &Pool,
+    script: &redis::ScriptInvocation<'_>,
+) -> Result<T, BrokerError> {
+    let run = async {
+        let mut conn = pool.get().await.map_err(unavailable)?;
+        script.invoke_async::<T>(&mut conn).await.map_err(unavailable)
+    };
+    tokio::time::timeout(COMMAND_TIMEOUT, run)
+        .await
+        .map_err(|_| BrokerError::Unavailable("redis did not answer in time".into()))?
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+/// Publishes frames to Redis; what a process that never subscribes (the scheduler) uses.
+pub struct RedisPublisher {
     pool: Pool,
     /// `<prefix>:group:`, prepended to a group name to form its Redis channel.
     channel_prefix: Arc<str>,
+}
+
+impl RedisPublisher {
+    pub fn new(pool: Pool, prefix: &str) -> Self {
+        Self { pool, channel_prefix: channel_prefix(prefix) }
+    }
+}
+
+fn channel_prefix(prefix: &str) -> Arc<str> {
+    format!("{prefix}:group:").into()
+}
+
+impl Publisher for RedisPublisher {
+    fn publish<'a>(
+        &'a self,
+        group: &'a GroupName,
+        frame: Utf8Bytes,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(format!("{}{}", self.channel_prefix, group)).arg(frame.as_bytes());
+            query::<i64>(&self.pool, &cmd).await.map(drop)
+        })
+    }
+}
+
+/// The full broker of a gateway: a publisher plus the instance's pub/sub subscriber.
+pub struct RedisBroker {
+    publisher: RedisPublisher,
     commands: mpsc::UnboundedSender<Command>,
     /// True while the pub/sub connection is up and every wanted group is subscribed.
     ready: Arc<AtomicBool>,
@@ -45,53 +119,28 @@ impl RedisBroker {
         sink: Arc<dyn Sink>,
         shutdown: CancellationToken,
     ) -> Result<Self, BrokerError> {
-        let bad_url = |e: &dyn std::fmt::Display| BrokerError::Unavailable(format!("redis_url: {e}"));
-        let client = redis::Client::open(url).map_err(|e| bad_url(&e))?;
-        let pool = deadpool_redis::Config::from_url(url)
-            .builder()
-            .map_err(|e| bad_url(&e))?
-            .max_size(POOL_SIZE)
-            .wait_timeout(Some(COMMAND_TIMEOUT))
-            .create_timeout(Some(COMMAND_TIMEOUT))
-            .recycle_timeout(Some(COMMAND_TIMEOUT))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| bad_url(&e))?;
-        let channel_prefix: Arc<str> = format!("{prefix}:group:").into();
+        let client =
+            redis::Client::open(url).map_err(|e| BrokerError::Unavailable(format!("redis_url: {e}")))?;
+        let publisher = RedisPublisher::new(pool(url)?, prefix);
         let ready = Arc::new(AtomicBool::new(false));
         let (commands, rx) = mpsc::unbounded_channel();
-        let subscriber = Subscriber::new(client, channel_prefix.clone(), sink, rx, ready.clone());
+        let subscriber = Subscriber::new(client, publisher.channel_prefix.clone(), sink, rx, ready.clone());
         tokio::spawn(subscriber.run(shutdown));
-        Ok(Self { pool, channel_prefix, commands, ready })
-    }
-
-    async fn publish_now(&self, group: &GroupName, frame: Utf8Bytes) -> Result<(), BrokerError> {
-        let unavailable = |e: &dyn std::fmt::Display| BrokerError::Unavailable(e.to_string());
-        let mut conn = self.pool.get().await.map_err(|e| unavailable(&e))?;
-        let channel = format!("{}{}", self.channel_prefix, group);
-        redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(frame.as_bytes())
-            .query_async::<i64>(&mut conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        Ok(())
+        Ok(Self { publisher, commands, ready })
     }
 }
 
-impl Broker for RedisBroker {
+impl Publisher for RedisBroker {
     fn publish<'a>(
         &'a self,
         group: &'a GroupName,
         frame: Utf8Bytes,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async move {
-            tokio::time::timeout(COMMAND_TIMEOUT, self.publish_now(group, frame))
-                .await
-                .map_err(|_| BrokerError::Unavailable("redis did not answer in time".into()))?
-        })
+        self.publisher.publish(group, frame)
     }
+}
 
+impl Broker for RedisBroker {
     fn subscribe(&self, group: &GroupName) -> Subscription {
         let (confirmation, subscription) = Subscription::pending();
         // A closed channel means the subscriber stopped (shutdown): the dropped confirmation

@@ -1,0 +1,241 @@
+//! The scheduler: publishes job data to groups on a schedule, from a process of its own (or
+//! inside a standalone gateway), so no gateway ever runs a push loop.
+//!
+//! Any number of replicas may run. The [`lease`] elects one leader, which alone starts ticks;
+//! each tick is claimed in the [`coordinator`] before it runs, so it is published at most once
+//! across replicas even while leadership changes hands. A job's runs never overlap (a tick that
+//! finds the previous run still going is skipped and logged) and jobs never wait for each other:
+//! each has its own timer task and each run is a task of its own. A failing run is logged with
+//! the job's name and counted; nothing is published for that tick and the schedule goes on.
+//! Publishing goes through the same [`Publisher`] as every other publish: one frame, one
+//! `PUBLISH` per tick.
+
+pub mod coordinator;
+mod job;
+mod lease;
+mod source;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use job::{Job, Schedule};
+pub use source::SourceError;
+
+use crate::StartError;
+use crate::broker::Publisher;
+use crate::broker::redis::{RedisPublisher, pool};
+use crate::config::{Config, ConfigError};
+use crate::protocol;
+use coordinator::{Coordinator, MemoryCoordinator, RedisCoordinator};
+use source::FetchContext;
+
+/// Per-job counters (the metrics endpoint and the tests read them).
+#[derive(Default)]
+pub struct JobStats {
+    /// Ticks this replica claimed and ran.
+    pub runs: AtomicU64,
+    pub published: AtomicU64,
+    /// Runs that failed: source error, timeout, or Redis unreachable.
+    pub failures: AtomicU64,
+    /// Ticks skipped because the previous run was still going.
+    pub skipped_overlap: AtomicU64,
+    /// Runs not published because the data had not changed (`on_change_only`).
+    pub skipped_unchanged: AtomicU64,
+}
+
+impl JobStats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Scheduler {
+    jobs: Vec<Arc<Job>>,
+    stats: HashMap<String, Arc<JobStats>>,
+    publisher: Arc<dyn Publisher>,
+    coordinator: Arc<dyn Coordinator>,
+    /// This replica's lease identity: node id plus a random suffix, unique per process.
+    holder: String,
+    lease_ttl: Duration,
+    max_bytes: usize,
+    http: reqwest::Client,
+}
+
+impl Scheduler {
+    /// A scheduler process on Redis: publishes and coordinates through one command pool.
+    pub fn on_redis(config: &Config, url: &str) -> Result<Self, StartError> {
+        let pool = pool(url)?;
+        let publisher = Arc::new(RedisPublisher::new(pool.clone(), &config.redis_prefix));
+        let coordinator = Arc::new(RedisCoordinator::new(pool, &config.redis_prefix));
+        Self::new(config, publisher, coordinator)
+    }
+
+    /// A scheduler inside a gateway process: publishes through the gateway's broker, and
+    /// coordinates through Redis when there is one (else it is the only replica).
+    pub fn in_process(config: &Config, publisher: Arc<dyn Publisher>) -> Result<Self, StartError> {
+        let coordinator: Arc<dyn Coordinator> = match &config.redis_url {
+            Some(url) => Arc::new(RedisCoordinator::new(pool(url)?, &config.redis_prefix)),
+            None => Arc::new(MemoryCoordinator::default()),
+        };
+        Self::new(config, publisher, coordinator)
+    }
+
+    pub fn new(
+        config: &Config,
+        publisher: Arc<dyn Publisher>,
+        coordinator: Arc<dyn Coordinator>,
+    ) -> Result<Self, StartError> {
+        config.validate()?;
+        // Validated above, so compiling cannot fail here; the error path stays anyway.
+        let jobs: Vec<Arc<Job>> = config
+            .jobs
+            .iter()
+            .map(|j| Job::compile(j).map(Arc::new).map_err(ConfigError))
+            .collect::<Result<_, _>>()?;
+        let stats = jobs.iter().map(|j| (j.name.clone(), Arc::default())).collect();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| StartError::Other(format!("http client: {e}")))?;
+        Ok(Self {
+            jobs,
+            stats,
+            publisher,
+            coordinator,
+            holder: format!("{}-{:08x}", config.node_id, rand::random::<u32>()),
+            lease_ttl: config.scheduler.lease_ttl,
+            max_bytes: config.max_frame_bytes,
+            http,
+        })
+    }
+
+    /// This replica's counters for `job`.
+    pub fn stats(&self, job: &str) -> Option<&JobStats> {
+        self.stats.get(job).map(|s| &**s)
+    }
+
+    /// Competes for leadership and runs the jobs while leading, until `shutdown`; then stops
+    /// the timers and releases the lease.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        tracing::info!(holder = %self.holder, jobs = self.jobs.len(), "scheduler started");
+        let (leader_tx, leader_rx) = watch::channel(false);
+        let stop_jobs = CancellationToken::new();
+        let timers: Vec<JoinHandle<()>> = self
+            .jobs
+            .iter()
+            .map(|job| {
+                tokio::spawn(self.clone().job_timer(job.clone(), leader_rx.clone(), stop_jobs.clone()))
+            })
+            .collect();
+        lease::hold(self.coordinator.clone(), self.holder.clone(), self.lease_ttl, leader_tx, shutdown).await;
+        stop_jobs.cancel();
+        for timer in timers {
+            let _ = timer.await;
+        }
+    }
+
+    /// One job's timer: while leading, sleep until each tick and start its run.
+    async fn job_timer(
+        self: Arc<Self>,
+        job: Arc<Job>,
+        mut leader: watch::Receiver<bool>,
+        stop: CancellationToken,
+    ) {
+        let stats = self.stats[&job.name].clone();
+        let mut running: Option<JoinHandle<()>> = None;
+        let mut earliest = 0i64;
+        'terms: loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                led = leader.wait_for(|leading| *leading) => if led.is_err() { break },
+            }
+            let anchor = match job.schedule.needs_anchor() {
+                true => match self.coordinator.anchor(&job.name, now_ms()).await {
+                    Ok(anchor) => anchor,
+                    Err(e) => {
+                        tracing::warn!(job = %job.name, error = %e, "cannot read the job's anchor; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+                false => 0,
+            };
+            loop {
+                let Some(tick) = job.schedule.next_tick(now_ms().max(earliest), anchor) else {
+                    tracing::warn!(job = %job.name, "schedule has no further ticks");
+                    break 'terms;
+                };
+                let wait = Duration::from_millis((tick - now_ms()).max(0) as u64);
+                tokio::select! {
+                    _ = stop.cancelled() => break 'terms,
+                    _ = leader.wait_for(|leading| !*leading) => continue 'terms,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                earliest = tick + 1;
+                if running.as_ref().is_some_and(|run| !run.is_finished()) {
+                    JobStats::bump(&stats.skipped_overlap);
+                    tracing::warn!(job = %job.name, tick, "previous run still going; tick skipped");
+                    continue;
+                }
+                running = Some(tokio::spawn(self.clone().run_tick(job.clone(), tick)));
+            }
+        }
+        if let Some(run) = running {
+            run.abort();
+        }
+    }
+
+    /// Claims the tick, fetches the data and publishes it.
+    async fn run_tick(self: Arc<Self>, job: Arc<Job>, tick: i64) {
+        let stats = &self.stats[&job.name];
+        let fail = |error: &dyn std::fmt::Display| {
+            JobStats::bump(&stats.failures);
+            tracing::warn!(job = %job.name, tick, %error, "job run failed; nothing published for this tick");
+        };
+        // Keep the claim well past the time any replica could still run this tick.
+        let keep = Duration::from_millis((2 * job.schedule.spacing_ms(tick) + 10_000) as u64);
+        match self.coordinator.claim_tick(&job.name, tick, keep).await {
+            Ok(true) => {}
+            Ok(false) => return tracing::debug!(job = %job.name, tick, "tick already run by another replica"),
+            Err(e) => return fail(&e),
+        }
+        JobStats::bump(&stats.runs);
+        let ctx = FetchContext { http: &self.http, tick_ms: tick, max_bytes: self.max_bytes };
+        let data = match tokio::time::timeout(job.timeout, job.source.fetch(&ctx)).await {
+            Ok(Ok(data)) => data,
+            Ok(Err(e)) => return fail(&e),
+            Err(_) => return fail(&SourceError::Timeout(job.timeout)),
+        };
+        if job.on_change_only {
+            match self.coordinator.last_data(&job.name).await {
+                Ok(Some(last)) if last == data.get() => {
+                    JobStats::bump(&stats.skipped_unchanged);
+                    return tracing::debug!(job = %job.name, tick, "data unchanged; not published");
+                }
+                Ok(_) => {}
+                Err(e) => return fail(&e),
+            }
+        }
+        if let Err(e) = self.publisher.publish(&job.group, protocol::message(&job.group, &data)).await {
+            return fail(&e);
+        }
+        JobStats::bump(&stats.published);
+        tracing::debug!(job = %job.name, tick, group = %job.group, "published");
+        if job.on_change_only {
+            // If this fails the next tick publishes the same data again: a repeat, never a loss.
+            if let Err(e) = self.coordinator.set_last_data(&job.name, data.get()).await {
+                tracing::warn!(job = %job.name, error = %e, "could not record the published data");
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
