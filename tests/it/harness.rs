@@ -3,12 +3,16 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use herald::config::Config;
 use herald::gateway::{self, Gateway};
+use herald::scheduler::{JobStats, Scheduler};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -367,4 +371,99 @@ impl Client {
             }))
             .await;
     }
+}
+
+/// A scheduler running in this process, stopped (lease released) on `stop` or drop.
+pub struct InProcessScheduler {
+    pub scheduler: Arc<Scheduler>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcessScheduler {
+    pub fn start(config: &Config) -> Self {
+        let url = config.redis_url.as_deref().expect("scheduler tests use redis");
+        let scheduler = Arc::new(Scheduler::on_redis(config, url).expect("valid scheduler config"));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(scheduler.clone().run(shutdown.clone()));
+        Self { scheduler, shutdown, task: Some(task) }
+    }
+
+    /// The counter `pick` of `job`.
+    pub fn count(&self, job: &str, pick: fn(&JobStats) -> &AtomicU64) -> u64 {
+        pick(self.scheduler.stats(job).expect("known job")).load(Ordering::Relaxed)
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task).await.expect("scheduler stops").unwrap();
+        }
+    }
+}
+
+impl Drop for InProcessScheduler {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A `herald` process of this build, SIGKILLed on drop.
+pub struct Process {
+    child: Option<Child>,
+    config: PathBuf,
+    /// Where the process's stderr goes (a file, so a chatty process never blocks on a pipe).
+    log: PathBuf,
+}
+
+impl Process {
+    /// Runs `herald <args> --config <file>` with `toml` written to a fresh file.
+    pub fn spawn(args: &[&str], toml: &str) -> Self {
+        let (config, log) = (temp_file("toml"), temp_file("log"));
+        std::fs::write(&config, toml).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("herald binary");
+        Self { child: Some(child), config, log }
+    }
+
+    /// SIGKILLs the process.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    }
+
+    /// Waits for the process to exit; returns its exit code and what it wrote to stderr.
+    pub fn wait_output(mut self) -> (Option<i32>, String) {
+        let status = self.child.take().expect("running").wait().unwrap();
+        (status.code(), std::fs::read_to_string(&self.log).unwrap())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn temp_file(ext: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("herald-test-{}-{n}.{ext}", std::process::id()))
 }

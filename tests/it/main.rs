@@ -6,3 +6,5 @@ mod faults;
 mod harness;
 mod http_api;
 mod routes;
+mod scheduler;
+mod scheduler_ha;
