@@ -84,7 +84,10 @@ fn load_config(cli: &Cli, command: Command) -> anyhow::Result<Config> {
         Command::Gateway | Command::Scheduler => {}
         Command::Standalone => {
             // The demo chat publishes from the browser; the demo panel shows these jobs.
-            config.namespaces.entry("chat".into()).or_insert(NamespaceConfig { client_publish: true });
+            config
+                .namespaces
+                .entry("chat".into())
+                .or_insert(NamespaceConfig { client_publish: true, ..NamespaceConfig::default() });
             if config.jobs.is_empty() {
                 config.jobs = demo_jobs();
             }

@@ -47,10 +47,27 @@ pub enum ErrorCode {
 /// A request a client may send.
 #[derive(Debug)]
 pub enum Request {
-    Subscribe { group: GroupName },
+    Subscribe { group: GroupName, since: Option<Since> },
     Unsubscribe { group: GroupName },
     Publish { group: GroupName, data: Box<RawValue> },
+    Presence { group: GroupName },
     Ping,
+}
+
+/// Where a recovering client left off: the last offset it saw, in that epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// A client as others see it in presence and join/leave events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub client: String,
+    pub user: Option<String>,
+    pub node: String,
 }
 
 /// A decoded client frame: the request and the `id` to echo in its answer.
@@ -84,6 +101,7 @@ struct RawFrame {
     group: Option<serde_json::Value>,
     #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
+    since: Option<serde_json::Value>,
 }
 
 /// Keeps an explicit `"data": null` as data (plain `Option` would read it as absent).
@@ -109,7 +127,20 @@ pub fn decode(text: &str) -> Result<Incoming, RequestError> {
         None => return Err(bad(ErrorCode::BadRequest, "missing field type")),
     };
     let request = match kind {
-        "subscribe" => Request::Subscribe { group: group_field(raw.group, id)? },
+        "subscribe" => {
+            let since = match raw.since {
+                None | Some(serde_json::Value::Null) => None,
+                Some(since) => Some(serde_json::from_value(since).map_err(|e| {
+                    RequestError::new(
+                        id,
+                        ErrorCode::BadRequest,
+                        format!("since must be {{\"offset\":N,\"epoch\":\"..\"}}: {e}"),
+                    )
+                })?),
+            };
+            Request::Subscribe { group: group_field(raw.group, id)?, since }
+        }
+        "presence" => Request::Presence { group: group_field(raw.group, id)? },
         "unsubscribe" => Request::Unsubscribe { group: group_field(raw.group, id)? },
         "publish" => {
             let group = group_field(raw.group, id)?;
@@ -160,6 +191,14 @@ enum ServerFrame<'a> {
         group: &'a str,
         data: &'a RawValue,
     },
+    Join {
+        group: &'a str,
+        client: &'a ClientInfo,
+    },
+    Leave {
+        group: &'a str,
+        client: &'a ClientInfo,
+    },
 }
 
 fn encode(frame: &ServerFrame<'_>) -> Utf8Bytes {
@@ -189,6 +228,53 @@ pub fn message(group: &GroupName, data: &RawValue) -> Utf8Bytes {
     encode(&ServerFrame::Message { group: group.as_str(), data })
 }
 
+/// A message frame of a group with history, in three parts around its offset and epoch, so the
+/// broker that assigns the offset (a Redis script) can finish it without knowing the format:
+/// `head + offset + middle + epoch + tail`.
+pub struct MessageParts {
+    pub head: String,
+    pub middle: &'static str,
+    pub tail: String,
+}
+
+impl MessageParts {
+    pub fn new(group: &GroupName, data: &RawValue) -> Self {
+        // Group names and epochs need no JSON escaping: both use a plain ASCII alphabet.
+        Self {
+            head: format!(r#"{{"type":"message","group":"{group}","offset":"#),
+            middle: r#","epoch":""#,
+            tail: format!(r#"","data":{}}}"#, data.get()),
+        }
+    }
+
+    pub fn finish(&self, offset: u64, epoch: &str) -> Utf8Bytes {
+        Utf8Bytes::from(format!("{}{offset}{}{epoch}{}", self.head, self.middle, self.tail))
+    }
+}
+
+/// The offset and epoch of a message frame of a group with history, read from the fixed
+/// prefix [`MessageParts`] gives it; `None` for any other frame.
+pub fn frame_position(frame: &str) -> Option<(u64, &str)> {
+    let rest = frame.strip_prefix(r#"{"type":"message","group":""#)?;
+    let (_, rest) = rest.split_once('"')?;
+    let digits = rest.strip_prefix(r#","offset":"#)?;
+    let end = digits.find(|c: char| !c.is_ascii_digit())?;
+    let offset = digits[..end].parse().ok()?;
+    let epoch = digits[end..].strip_prefix(r#","epoch":""#)?;
+    let (epoch, _) = epoch.split_once('"')?;
+    Some((offset, epoch))
+}
+
+/// `{"type":"join","group":..,"client":{..}}`.
+pub fn join(group: &GroupName, client: &ClientInfo) -> Utf8Bytes {
+    encode(&ServerFrame::Join { group: group.as_str(), client })
+}
+
+/// `{"type":"leave","group":..,"client":{..}}`.
+pub fn leave(group: &GroupName, client: &ClientInfo) -> Utf8Bytes {
+    encode(&ServerFrame::Leave { group: group.as_str(), client })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,7 +288,14 @@ mod tests {
     fn decodes_every_request() {
         let s = decode(r#"{"type":"subscribe","group":"chat.a","id":1}"#).unwrap();
         assert_eq!(s.id, Some(1));
-        assert!(matches!(s.request, Request::Subscribe { group } if group.as_str() == "chat.a"));
+        assert!(matches!(s.request, Request::Subscribe { group, since: None } if group.as_str() == "chat.a"));
+        let r = decode(r#"{"type":"subscribe","group":"g","since":{"offset":7,"epoch":"e1"}}"#).unwrap();
+        let since = Some(Since { offset: 7, epoch: "e1".into() });
+        assert!(matches!(r.request, Request::Subscribe { since: s, .. } if s == since));
+        assert!(matches!(
+            decode(r#"{"type":"presence","group":"g"}"#).unwrap().request,
+            Request::Presence { .. }
+        ));
         let p = decode(r#"{"type":"publish","group":"g","data":{"x":[1,2]}}"#).unwrap();
         assert!(matches!(p.request, Request::Publish { data, .. } if data.get() == r#"{"x":[1,2]}"#));
         let n = decode(r#"{"type":"publish","group":"g","data":null}"#).unwrap();
@@ -228,6 +321,14 @@ mod tests {
         );
         assert_eq!(code_of(r#"{"type":"subscribe","group":5,"id":3}"#), (Some(3), ErrorCode::BadRequest));
         assert_eq!(code_of(r#"{"type":"publish","group":"g","id":4}"#), (Some(4), ErrorCode::BadRequest));
+        assert_eq!(
+            code_of(r#"{"type":"subscribe","group":"g","since":{"offset":-1,"epoch":"e"},"id":5}"#),
+            (Some(5), ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code_of(r#"{"type":"subscribe","group":"g","since":5,"id":6}"#),
+            (Some(6), ErrorCode::BadRequest)
+        );
     }
 
     #[test]
@@ -240,5 +341,15 @@ mod tests {
         let data = RawValue::from_string(r#"{"a": 1}"#.into()).unwrap();
         let g = GroupName::new("chat.x").unwrap();
         assert_eq!(message(&g, &data).as_str(), r#"{"type":"message","group":"chat.x","data":{"a": 1}}"#);
+        let with_offset = MessageParts::new(&g, &data).finish(42, "ep0ch");
+        assert_eq!(
+            with_offset.as_str(),
+            r#"{"type":"message","group":"chat.x","offset":42,"epoch":"ep0ch","data":{"a": 1}}"#
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&with_offset).unwrap();
+        assert_eq!(parsed["offset"], 42);
+        assert_eq!(frame_position(&with_offset), Some((42, "ep0ch")));
+        assert_eq!(frame_position(&message(&g, &data)), None);
+        assert_eq!(frame_position(r#"{"type":"join","group":"g"}"#), None);
     }
 }

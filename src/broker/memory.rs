@@ -2,32 +2,97 @@
 //!
 //! Publishing hands the frame straight to the local sink, so the [`Broker`] contract holds
 //! trivially: every subscription is in effect at once and order is the publisher's call order.
+//! History and presence live in maps with the same semantics as the Redis broker (offsets,
+//! epochs, trimming, expiry); presence needs no expiry, since a crash takes every entry with it.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use futures_util::future::BoxFuture;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
 
-use super::{Broker, BrokerError, Publisher, Sink, Subscription};
+use super::{
+    Answer, Broker, HistoryPolicy, HistorySlice, Position, Publisher, Sink, Subscription, new_epoch,
+    publish_plain,
+};
 use crate::group::GroupName;
+use crate::protocol::{ClientInfo, MessageParts};
 
 pub struct MemoryBroker {
     sink: Arc<dyn Sink>,
+    histories: Mutex<HashMap<GroupName, History>>,
+    presence: Mutex<HashMap<GroupName, BTreeMap<String, ClientInfo>>>,
+}
+
+struct History {
+    epoch: String,
+    offset: u64,
+    messages: VecDeque<(u64, Utf8Bytes)>,
+    expires: Instant,
 }
 
 impl MemoryBroker {
     pub fn new(sink: Arc<dyn Sink>) -> Self {
-        Self { sink }
+        Self { sink, histories: Mutex::default(), presence: Mutex::default() }
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Groups tracked before expired histories are swept out.
+const SWEEP_ABOVE: usize = 1024;
+
+/// The group's history, started afresh (new epoch) if it has none or it expired.
+fn live<'a>(
+    histories: &'a mut HashMap<GroupName, History>,
+    group: &GroupName,
+    ttl: Duration,
+) -> &'a mut History {
+    let now = Instant::now();
+    if histories.len() >= SWEEP_ABOVE && !histories.contains_key(group) {
+        histories.retain(|_, h| h.expires > now);
+    }
+    let history = histories.entry(group.clone()).or_insert_with(|| History {
+        epoch: new_epoch(),
+        offset: 0,
+        messages: VecDeque::new(),
+        expires: now + ttl,
+    });
+    if history.expires <= now {
+        *history = History { epoch: new_epoch(), offset: 0, messages: VecDeque::new(), expires: now + ttl };
+    }
+    history
+}
+
 impl Publisher for MemoryBroker {
+    fn broadcast<'a>(&'a self, group: &'a GroupName, frame: Utf8Bytes) -> Answer<'a, ()> {
+        // Groups without local members are dropped by the sink, as Redis drops them.
+        self.sink.deliver(group.as_str(), frame);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     fn publish<'a>(
         &'a self,
         group: &'a GroupName,
-        frame: Utf8Bytes,
-    ) -> BoxFuture<'a, Result<(), BrokerError>> {
-        // Groups without local members are dropped by the sink, as Redis drops them.
+        data: &'a RawValue,
+        history: Option<HistoryPolicy>,
+    ) -> Answer<'a, ()> {
+        let Some(policy) = history else { return publish_plain(self, group, data) };
+        let parts = MessageParts::new(group, data);
+        let mut histories = lock(&self.histories);
+        let history = live(&mut histories, group, policy.ttl);
+        history.offset += 1;
+        let frame = parts.finish(history.offset, &history.epoch);
+        history.messages.push_back((history.offset, frame.clone()));
+        while history.messages.len() > policy.size {
+            history.messages.pop_front();
+        }
+        history.expires = Instant::now() + policy.ttl;
+        // Delivered under the lock, so offsets reach members in order.
         self.sink.deliver(group.as_str(), frame);
         Box::pin(std::future::ready(Ok(())))
     }
@@ -42,5 +107,59 @@ impl Broker for MemoryBroker {
 
     fn is_ready(&self) -> bool {
         true
+    }
+
+    fn history<'a>(
+        &'a self,
+        group: &'a GroupName,
+        since: u64,
+        limit: usize,
+        policy: HistoryPolicy,
+    ) -> Answer<'a, HistorySlice> {
+        let mut histories = lock(&self.histories);
+        let history = live(&mut histories, group, policy.ttl);
+        let slice = HistorySlice {
+            position: Position { offset: history.offset, epoch: history.epoch.clone() },
+            first: history.messages.front().map_or(0, |(offset, _)| *offset),
+            messages: history
+                .messages
+                .iter()
+                .filter(|(offset, _)| *offset > since)
+                .take(limit)
+                .cloned()
+                .collect(),
+        };
+        Box::pin(std::future::ready(Ok(slice)))
+    }
+
+    fn presence_set<'a>(
+        &'a self,
+        group: &'a GroupName,
+        clients: &'a [ClientInfo],
+        _ttl: Duration,
+    ) -> Answer<'a, ()> {
+        let mut presence = lock(&self.presence);
+        let entries = presence.entry(group.clone()).or_default();
+        for client in clients {
+            entries.insert(client.client.clone(), client.clone());
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn presence_remove<'a>(&'a self, group: &'a GroupName, client: &'a str) -> Answer<'a, ()> {
+        let mut presence = lock(&self.presence);
+        if let Some(entries) = presence.get_mut(group) {
+            entries.remove(client);
+            if entries.is_empty() {
+                presence.remove(group);
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn presence<'a>(&'a self, group: &'a GroupName) -> Answer<'a, Vec<ClientInfo>> {
+        let clients =
+            lock(&self.presence).get(group).map(|e| e.values().cloned().collect()).unwrap_or_default();
+        Box::pin(std::future::ready(Ok(clients)))
     }
 }

@@ -19,15 +19,78 @@
 //!   action from the hub or the clients.
 //! - **O(1) broker work per message.** A publish is one broker operation whatever the number of
 //!   subscribers or instances; the frame travels as the exact bytes every client receives.
+//!
+//! # History (recovery)
+//!
+//! For a group published with a [`HistoryPolicy`], one atomic step assigns the next offset
+//! (strictly increasing by one per group), appends the frame to the group's history (trimmed to
+//! `size`, expiring `ttl` after the last publish) and publishes it; the frame carries `offset`
+//! and `epoch`. The epoch changes whenever the history is lost (expired, or Redis restarted
+//! without persistence), so a client can tell "nothing missed" from "history gone".
+//! [`Broker::history`] reads the retained messages after an offset; the hub merges them with the
+//! live stream by offset, so a recovering client sees every message once, in order.
+//!
+//! # Presence
+//!
+//! Presence entries are stored per group with an expiry; each instance refreshes its own
+//! entries, so those of a crashed instance vanish within the TTL.
 
 pub mod memory;
 pub mod redis;
 
+use std::time::Duration;
+
 use axum::extract::ws::Utf8Bytes;
 use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use crate::group::GroupName;
+use crate::protocol::{self, ClientInfo};
+
+/// What a broker call resolves to.
+pub type Answer<'a, T> = BoxFuture<'a, Result<T, BrokerError>>;
+
+/// History kept for a group: the last `size` messages, for `ttl` after the last publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    pub size: usize,
+    pub ttl: Duration,
+}
+
+/// Where a group's history stands: the offset of its newest message (0 before the first) and
+/// the epoch that offset belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Retained messages of a group after some offset, oldest first.
+#[derive(Debug, Clone)]
+pub struct HistorySlice {
+    pub position: Position,
+    /// The oldest offset still retained (0 when none is).
+    pub first: u64,
+    /// `(offset, frame)` pairs.
+    pub messages: Vec<(u64, Utf8Bytes)>,
+}
+
+impl HistorySlice {
+    /// Whether every message after `since` of `epoch` is still retained (or none was missed).
+    pub fn covers(&self, since: u64, epoch: &str) -> bool {
+        let top = self.position.offset;
+        epoch == self.position.epoch
+            && since <= top
+            && (since == top || (self.first != 0 && self.first <= since + 1))
+    }
+}
+
+/// A fresh random epoch; a broker proposes one with every write that may start a history.
+pub fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
 
 /// Errors a broker reports to publishers and subscribers.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,12 +109,26 @@ pub trait Sink: Send + Sync + 'static {
 
 /// The publishing half of a broker: all a scheduler needs.
 pub trait Publisher: Send + Sync + 'static {
-    /// Publishes one encoded `message` frame to every instance subscribed to `group`.
+    /// Sends an encoded frame to every instance subscribed to `group`; it is not kept.
+    fn broadcast<'a>(&'a self, group: &'a GroupName, frame: Utf8Bytes) -> Answer<'a, ()>;
+
+    /// Publishes `data` as a `message` frame, appended to the group's history when `history`
+    /// is given (the frame then carries its offset and epoch).
     fn publish<'a>(
         &'a self,
         group: &'a GroupName,
-        frame: Utf8Bytes,
-    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+        data: &'a RawValue,
+        history: Option<HistoryPolicy>,
+    ) -> Answer<'a, ()>;
+}
+
+/// A [`Publisher::publish`] without history: the frame is built once and broadcast.
+fn publish_plain<'a, P: Publisher + ?Sized>(
+    publisher: &'a P,
+    group: &'a GroupName,
+    data: &RawValue,
+) -> Answer<'a, ()> {
+    publisher.broadcast(group, protocol::message(group, data))
 }
 
 /// A publish/subscribe backend shared by every instance of a deployment.
@@ -66,6 +143,30 @@ pub trait Broker: Publisher {
 
     /// Whether publishes and new subscriptions can currently succeed.
     fn is_ready(&self) -> bool;
+
+    /// The group's retained messages after `since` (at most `limit`) and its current position.
+    /// Starts the group's epoch if it has none yet, so the position is always meaningful.
+    fn history<'a>(
+        &'a self,
+        group: &'a GroupName,
+        since: u64,
+        limit: usize,
+        policy: HistoryPolicy,
+    ) -> Answer<'a, HistorySlice>;
+
+    /// Adds (or refreshes) presence entries of `group` for `ttl`.
+    fn presence_set<'a>(
+        &'a self,
+        group: &'a GroupName,
+        clients: &'a [ClientInfo],
+        ttl: Duration,
+    ) -> Answer<'a, ()>;
+
+    /// Removes one client's presence entry from `group`.
+    fn presence_remove<'a>(&'a self, group: &'a GroupName, client: &'a str) -> Answer<'a, ()>;
+
+    /// Every live presence entry of `group`, across instances.
+    fn presence<'a>(&'a self, group: &'a GroupName) -> Answer<'a, Vec<ClientInfo>>;
 }
 
 /// Resolves once the broker confirms a subscription. Cheap to clone: every member that joins a

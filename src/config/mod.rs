@@ -3,17 +3,21 @@
 //! names the offending key in every error, so a bad config stops the process at start.
 
 mod jobs;
+mod namespaces;
 mod routes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::LazyLock;
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use jobs::{HttpSourceConfig, JobConfig, SchedulerConfig};
+pub use namespaces::NamespaceConfig;
 pub use routes::{RouteConfig, RouteTemplate};
 
 /// Environment variables with the `HERALD_` prefix that are not config keys.
@@ -47,19 +51,16 @@ pub struct Config {
     pub outbound_queue: usize,
     /// Per-namespace policy, keyed by namespace (the group name before its first `.`).
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// How long presence entries of an instance outlive its last heartbeat (so a crashed
+    /// instance leaves no ghosts).
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
     /// WebSocket paths that auto-subscribe and grant publishing, like Channels' routing.
     pub routes: Vec<RouteConfig>,
     /// Leader election of scheduler replicas.
     pub scheduler: SchedulerConfig,
     /// Data the scheduler publishes on a schedule.
     pub jobs: Vec<JobConfig>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct NamespaceConfig {
-    /// Whether clients on the generic `/ws` endpoint may publish to groups of this namespace.
-    pub client_publish: bool,
 }
 
 impl Default for Config {
@@ -73,6 +74,7 @@ impl Default for Config {
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1024,
             namespaces: BTreeMap::new(),
+            presence_ttl: Duration::from_secs(30),
             routes: Vec::new(),
             scheduler: SchedulerConfig::default(),
             jobs: Vec::new(),
@@ -134,18 +136,23 @@ impl Config {
         if !(1..=1_000_000).contains(&self.outbound_queue) {
             return Err(invalid("outbound_queue", "must be between 1 and 1000000"));
         }
-        for name in self.namespaces.keys() {
+        for (name, namespace) in &self.namespaces {
             if name.is_empty() || name.contains('.') || crate::group::GroupName::new(name).is_err() {
                 return Err(invalid(format!("namespaces.{name}"), "not a valid namespace name"));
             }
+            namespace.validate().map_err(|e| invalid(format!("namespaces.{name}"), e))?;
+        }
+        if self.presence_ttl < Duration::from_secs(1) {
+            return Err(invalid("presence_ttl", "must be at least 1s"));
         }
         routes::validate(&self.routes)?;
         jobs::validate(&self.jobs, &self.scheduler)
     }
 
     /// The policy of `namespace` (the default policy when it has no entry).
-    pub fn namespace(&self, namespace: &str) -> NamespaceConfig {
-        self.namespaces.get(namespace).cloned().unwrap_or_default()
+    pub fn namespace(&self, namespace: &str) -> &NamespaceConfig {
+        static DEFAULT: LazyLock<NamespaceConfig> = LazyLock::new(NamespaceConfig::default);
+        self.namespaces.get(namespace).unwrap_or(&DEFAULT)
     }
 }
 

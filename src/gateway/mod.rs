@@ -6,6 +6,7 @@
 
 mod api;
 mod demo;
+mod presence;
 mod routes;
 mod session;
 
@@ -14,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
-use axum::extract::ws::Utf8Bytes;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,6 @@ use crate::broker::{self, Broker, BrokerError};
 use crate::config::Config;
 use crate::group::GroupName;
 use crate::hub::{Hub, Registry};
-use crate::protocol;
 
 /// Shared state of one gateway instance.
 pub struct Gateway {
@@ -36,6 +35,8 @@ pub struct Gateway {
     /// Live WebSocket sessions, so `serve` can wait for them to close on shutdown.
     sessions: TaskTracker,
     routes: Vec<Arc<routes::CompiledRoute>>,
+    /// This instance's presence entries, refreshed in the broker by a heartbeat.
+    presence: presence::LocalPresence,
 }
 
 impl Gateway {
@@ -66,6 +67,7 @@ impl Gateway {
             shutdown,
             sessions: TaskTracker::new(),
             routes,
+            presence: presence::LocalPresence::default(),
         }))
     }
 
@@ -85,10 +87,11 @@ impl Gateway {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Encodes the `message` frame once and publishes it: one broker operation.
+    /// Publishes `data` to `group` (with history where its namespace keeps one): one broker
+    /// operation, the frame encoded once.
     pub async fn publish(&self, group: &GroupName, data: &RawValue) -> Result<(), BrokerError> {
-        let frame: Utf8Bytes = protocol::message(group, data);
-        self.hub.broker().publish(group, frame).await
+        let history = self.config.namespace(group.namespace()).history();
+        self.hub.broker().publish(group, data, history).await
     }
 }
 
@@ -96,6 +99,7 @@ impl Gateway {
 /// then waits for every session to close.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> std::io::Result<()> {
     let shutdown = gateway.shutdown.clone();
+    tokio::spawn(presence::heartbeat(gateway.clone()));
     let app = router(gateway.clone()).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     gateway.sessions.close();

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get};
 
-use super::{Gateway, api::error_response, session};
+use super::{Gateway, api::ApiError, session};
 use crate::config::{ConfigError, RouteConfig, RouteTemplate};
 use crate::group::GroupName;
 use crate::protocol::ErrorCode;
@@ -68,7 +68,7 @@ pub fn handler(route: Arc<CompiledRoute>) -> MethodRouter<Arc<Gateway>> {
               ws: WebSocketUpgrade| async move {
             match route.grants(&params) {
                 Ok(grants) => session::upgrade(gateway, ws, peer, grants),
-                Err(message) => error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidGroup, &message),
+                Err(message) => ApiError::bad_request(ErrorCode::InvalidGroup, message).into_response(),
             }
         },
     )

@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::source::Source;
+use crate::broker::HistoryPolicy;
 use crate::config::JobConfig;
 use crate::group::GroupName;
 
@@ -27,6 +28,8 @@ pub struct Job {
     pub timeout: Duration,
     pub on_change_only: bool,
     pub source: Source,
+    /// History of the target group, from its namespace (set by the scheduler).
+    pub history: Option<HistoryPolicy>,
 }
 
 pub enum Schedule {
@@ -111,6 +114,7 @@ impl Job {
             timeout,
             on_change_only: config.on_change_only,
             source: Source::compile(config)?,
+            history: None,
         })
     }
 }

@@ -31,7 +31,6 @@ use crate::StartError;
 use crate::broker::Publisher;
 use crate::broker::redis::{RedisPublisher, pool};
 use crate::config::{Config, ConfigError};
-use crate::protocol;
 use coordinator::{Coordinator, MemoryCoordinator, RedisCoordinator};
 use source::FetchContext;
 
@@ -96,7 +95,11 @@ impl Scheduler {
         let jobs: Vec<Arc<Job>> = config
             .jobs
             .iter()
-            .map(|j| Job::compile(j).map(Arc::new).map_err(ConfigError))
+            .map(|j| {
+                let mut job = Job::compile(j).map_err(ConfigError)?;
+                job.history = config.namespace(job.group.namespace()).history();
+                Ok::<_, ConfigError>(Arc::new(job))
+            })
             .collect::<Result<_, _>>()?;
         let stats = jobs.iter().map(|j| (j.name.clone(), Arc::default())).collect();
         let http = reqwest::Client::builder()
@@ -222,7 +225,7 @@ impl Scheduler {
                 Err(e) => return fail(&e),
             }
         }
-        if let Err(e) = self.publisher.publish(&job.group, protocol::message(&job.group, &data)).await {
+        if let Err(e) = self.publisher.publish(&job.group, &data, job.history).await {
             return fail(&e);
         }
         JobStats::bump(&stats.published);

@@ -7,7 +7,9 @@ use crate::harness::{Client, Node, config};
 
 async fn node() -> Node {
     let mut config = config(None, "solo");
-    config.namespaces.insert("chat".into(), NamespaceConfig { client_publish: true });
+    config
+        .namespaces
+        .insert("chat".into(), NamespaceConfig { client_publish: true, ..NamespaceConfig::default() });
     Node::ready(config).await
 }
 

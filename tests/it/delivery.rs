@@ -8,7 +8,9 @@ use crate::harness::{Node, Redis, config, eventually};
 /// A gateway config on `redis` whose `chat` namespace accepts client publishes.
 fn chat_config(redis: &Redis, node: &str) -> herald::config::Config {
     let mut config = config(Some(redis), node);
-    config.namespaces.insert("chat".into(), NamespaceConfig { client_publish: true });
+    config
+        .namespaces
+        .insert("chat".into(), NamespaceConfig { client_publish: true, ..NamespaceConfig::default() });
     config
 }
 
@@ -127,7 +129,9 @@ async fn one_publish_per_message_whatever_the_member_and_instance_count() {
 #[tokio::test]
 async fn standalone_delivers_on_the_in_memory_broker() {
     let mut config = crate::harness::config(None, "solo");
-    config.namespaces.insert("chat".into(), NamespaceConfig { client_publish: true });
+    config
+        .namespaces
+        .insert("chat".into(), NamespaceConfig { client_publish: true, ..NamespaceConfig::default() });
     let node = Node::ready(config).await;
     let mut a = node.client().await;
     let mut b = node.client().await;

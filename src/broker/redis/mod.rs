@@ -6,6 +6,8 @@
 //! through an unbounded channel (so they never block and stay in call order), and it reconnects
 //! with backoff and resubscribes every wanted group when Redis comes back.
 
+mod history;
+mod presence;
 mod subscriber;
 
 use std::sync::Arc;
@@ -14,12 +16,16 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use deadpool_redis::{Pool, Runtime};
-use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, Publisher, Sink, Subscription};
+use serde_json::value::RawValue;
+
+use super::{
+    Answer, Broker, BrokerError, HistoryPolicy, HistorySlice, Publisher, Sink, Subscription, publish_plain,
+};
 use crate::group::GroupName;
+use crate::protocol::{ClientInfo, MessageParts};
 use subscriber::{Command, Subscriber};
 
 /// How long one Redis command may take before it is reported as `unavailable`.
@@ -74,13 +80,19 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 /// Publishes frames to Redis; what a process that never subscribes (the scheduler) uses.
 pub struct RedisPublisher {
     pool: Pool,
+    /// The configured key prefix (`redis_prefix`).
+    prefix: String,
     /// `<prefix>:group:`, prepended to a group name to form its Redis channel.
     channel_prefix: Arc<str>,
 }
 
 impl RedisPublisher {
     pub fn new(pool: Pool, prefix: &str) -> Self {
-        Self { pool, channel_prefix: channel_prefix(prefix) }
+        Self { pool, prefix: prefix.to_string(), channel_prefix: channel_prefix(prefix) }
+    }
+
+    fn channel(&self, group: &GroupName) -> String {
+        format!("{}{}", self.channel_prefix, group)
     }
 }
 
@@ -89,15 +101,26 @@ fn channel_prefix(prefix: &str) -> Arc<str> {
 }
 
 impl Publisher for RedisPublisher {
+    fn broadcast<'a>(&'a self, group: &'a GroupName, frame: Utf8Bytes) -> Answer<'a, ()> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(self.channel(group)).arg(frame.as_bytes());
+            query::<i64>(&self.pool, &cmd).await.map(drop)
+        })
+    }
+
     fn publish<'a>(
         &'a self,
         group: &'a GroupName,
-        frame: Utf8Bytes,
-    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        data: &'a RawValue,
+        history: Option<HistoryPolicy>,
+    ) -> Answer<'a, ()> {
+        let Some(policy) = history else { return publish_plain(self, group, data) };
         Box::pin(async move {
-            let mut cmd = redis::cmd("PUBLISH");
-            cmd.arg(format!("{}{}", self.channel_prefix, group)).arg(frame.as_bytes());
-            query::<i64>(&self.pool, &cmd).await.map(drop)
+            let parts = MessageParts::new(group, data);
+            history::append(&self.pool, &self.prefix, &self.channel(group), group, &parts, policy)
+                .await
+                .map(drop)
         })
     }
 }
@@ -131,12 +154,17 @@ impl RedisBroker {
 }
 
 impl Publisher for RedisBroker {
+    fn broadcast<'a>(&'a self, group: &'a GroupName, frame: Utf8Bytes) -> Answer<'a, ()> {
+        self.publisher.broadcast(group, frame)
+    }
+
     fn publish<'a>(
         &'a self,
         group: &'a GroupName,
-        frame: Utf8Bytes,
-    ) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.publisher.publish(group, frame)
+        data: &'a RawValue,
+        history: Option<HistoryPolicy>,
+    ) -> Answer<'a, ()> {
+        self.publisher.publish(group, data, history)
     }
 }
 
@@ -155,5 +183,33 @@ impl Broker for RedisBroker {
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    fn history<'a>(
+        &'a self,
+        group: &'a GroupName,
+        since: u64,
+        limit: usize,
+        policy: HistoryPolicy,
+    ) -> Answer<'a, HistorySlice> {
+        let p = &self.publisher;
+        Box::pin(history::read(&p.pool, &p.prefix, group, since, limit, policy))
+    }
+
+    fn presence_set<'a>(
+        &'a self,
+        group: &'a GroupName,
+        clients: &'a [ClientInfo],
+        ttl: Duration,
+    ) -> Answer<'a, ()> {
+        Box::pin(presence::set(&self.publisher.pool, &self.publisher.prefix, group, clients, ttl))
+    }
+
+    fn presence_remove<'a>(&'a self, group: &'a GroupName, client: &'a str) -> Answer<'a, ()> {
+        Box::pin(presence::remove(&self.publisher.pool, &self.publisher.prefix, group, client))
+    }
+
+    fn presence<'a>(&'a self, group: &'a GroupName) -> Answer<'a, Vec<ClientInfo>> {
+        Box::pin(presence::list(&self.publisher.pool, &self.publisher.prefix, group))
     }
 }

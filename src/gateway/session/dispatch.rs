@@ -1,54 +1,49 @@
 //! What a session does with each decoded client request.
 
+use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::Session;
-use crate::broker::BrokerError;
+use super::membership::{Asked, unavailable};
 use crate::group::GroupName;
 use crate::protocol::{self, ErrorCode, Incoming, Request, RequestError};
 
 impl Session {
     /// Decodes one text frame, carries out the request and queues the answer.
     pub(super) async fn dispatch(&mut self, text: &str) {
-        let answer = match protocol::decode(text) {
-            Ok(Incoming { id, request }) => match self.handle(id, request).await {
-                Ok(()) => protocol::reply(id, None),
-                Err(e) => protocol::error(&e),
-            },
-            Err(e) => protocol::error(&e),
+        let Incoming { id, request } = match protocol::decode(text) {
+            Ok(incoming) => incoming,
+            Err(e) => return self.send_error(&e).await,
         };
-        self.outbox.send(answer).await;
-    }
-
-    async fn handle(&mut self, id: Option<u64>, request: Request) -> Result<(), RequestError> {
-        match request {
-            Request::Subscribe { group } => self.subscribe(group).await,
-            Request::Unsubscribe { group } => {
-                self.unsubscribe(&group);
-                Ok(())
+        let answer = match request {
+            // Subscribing answers by itself: recovered messages must follow the reply.
+            Request::Subscribe { group, since } => {
+                match self.subscribe(Asked::Client(id), group, since).await {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
             }
-            Request::Publish { group, data } => self.publish(&group, &data).await,
-            Request::Ping => Ok(()),
+            Request::Unsubscribe { group } => {
+                self.unsubscribe(&group).await;
+                Ok(None)
+            }
+            Request::Publish { group, data } => self.publish(&group, &data).await.map(|()| None),
+            Request::Presence { group } => self.presence(&group).await.map(Some),
+            Request::Ping => Ok(None),
+        };
+        match answer {
+            Ok(result) => self.send(protocol::reply(id, result.as_ref())).await,
+            Err(e) => self.send_error(&RequestError { id, ..e }).await,
         }
-        .map_err(|mut e| {
-            e.id = id;
-            e
-        })
     }
 
-    async fn subscribe(&mut self, group: GroupName) -> Result<(), RequestError> {
-        if self.groups.contains(&group) {
-            return Ok(());
-        }
-        self.gateway.hub.join(&group, self.id, &self.outbox).await.map_err(unavailable)?;
-        self.groups.insert(group);
-        Ok(())
+    /// Queues a frame for this client (waiting for room; a gone client is noticed by the reader).
+    pub(super) async fn send(&self, frame: axum::extract::ws::Utf8Bytes) {
+        self.outbox.send(frame).await;
     }
 
-    fn unsubscribe(&mut self, group: &GroupName) {
-        if self.groups.remove(group) {
-            self.gateway.hub.leave(group, self.id);
-        }
+    pub(super) async fn send_error(&self, e: &RequestError) {
+        self.send(protocol::error(e)).await;
     }
 
     async fn publish(&mut self, group: &GroupName, data: &RawValue) -> Result<(), RequestError> {
@@ -60,12 +55,21 @@ impl Session {
         self.gateway.publish(group, data).await.map_err(unavailable)
     }
 
+    async fn presence(&self, group: &GroupName) -> Result<serde_json::Value, RequestError> {
+        if !self.gateway.config.namespace(group.namespace()).presence {
+            let message = format!("presence is off for namespace {:?}", group.namespace());
+            return Err(RequestError::new(None, ErrorCode::Forbidden, message));
+        }
+        let clients = self.gateway.hub.broker().presence(group).await.map_err(unavailable)?;
+        Ok(json!({ "clients": clients }))
+    }
+
     /// Subscribes to the groups the connection's route names; failures are reported as
     /// `error` frames without an id and the connection stays open.
     pub(super) async fn join_route_groups(&mut self) {
         for group in std::mem::take(&mut self.grants.subscribe) {
-            if let Err(e) = self.subscribe(group).await {
-                self.outbox.send(protocol::error(&e)).await;
+            if let Err(e) = self.subscribe(Asked::Route, group, None).await {
+                self.send_error(&e).await;
             }
         }
     }
@@ -73,10 +77,6 @@ impl Session {
     pub(super) async fn refuse_binary(&self) {
         let e =
             RequestError::new(None, ErrorCode::BadRequest, "binary frames are not supported: send JSON text");
-        self.outbox.send(protocol::error(&e)).await;
+        self.send_error(&e).await;
     }
-}
-
-fn unavailable(e: BrokerError) -> RequestError {
-    RequestError::new(None, ErrorCode::Unavailable, e.to_string())
 }

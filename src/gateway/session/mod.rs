@@ -7,6 +7,7 @@
 //! leaves every group it joined.
 
 mod dispatch;
+mod membership;
 mod writer;
 
 use std::collections::HashSet;
@@ -26,7 +27,7 @@ use super::routes::Grants;
 use crate::group::GroupName;
 use crate::hub::MemberId;
 use crate::outbox::Outbox;
-use crate::protocol::{self, close};
+use crate::protocol::{self, ClientInfo, close};
 
 /// Read buffer per connection; tungstenite grows it for larger frames.
 const READ_BUFFER: usize = 4 * 1024;
@@ -67,6 +68,8 @@ pub(super) struct Session {
     gateway: Arc<Gateway>,
     id: MemberId,
     outbox: Arc<Outbox>,
+    /// How other clients see this one (presence, join/leave).
+    info: ClientInfo,
     /// Groups this session joined, so it can leave them all when it ends.
     groups: HashSet<GroupName>,
     grants: Grants,
@@ -80,13 +83,14 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, peer: SocketAddr, grants:
     let outbox = Arc::new(outbox);
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(writer::run(sink, queue, outbox.clone()).instrument(span.clone()));
-    let mut session = Session { gateway, id, outbox, groups: HashSet::new(), grants };
+    let info = ClientInfo { client: client.clone(), user: None, node: gateway.node_id().to_string() };
+    let mut session = Session { gateway, id, outbox, info, groups: HashSet::new(), grants };
     async move {
         tracing::debug!("connected");
-        session.outbox.send(protocol::welcome(&client, session.gateway.node_id())).await;
+        session.send(protocol::welcome(&client, session.gateway.node_id())).await;
         session.join_route_groups().await;
         let stream = session.read(stream).await;
-        session.leave_all();
+        session.leave_all().await;
         let code = session.outbox.close_requested();
         let _ = writer.await;
         drain_until_closed(stream).await;
@@ -124,13 +128,6 @@ impl Session {
             }
         }
         stream
-    }
-
-    /// Leaves every joined group (the last member out unsubscribes the instance).
-    fn leave_all(&mut self) {
-        for group in self.groups.drain() {
-            self.gateway.hub.leave(&group, self.id);
-        }
     }
 }
 

@@ -7,6 +7,11 @@
 //! to leave unsubscribes it. Those broker calls are made under the shard lock so that, for one
 //! group, subscribe and unsubscribe reach the broker in the order membership changed; they never
 //! block. Empty groups are removed at once, so the map holds only groups with members.
+//!
+//! Members of groups with history pass through a [`Gate`], which merges a recovering member's
+//! history with the live stream by offset.
+
+mod gate;
 
 use std::collections::HashMap;
 use std::collections::hash_map::{Entry, RandomState};
@@ -19,6 +24,9 @@ use axum::extract::ws::Utf8Bytes;
 use crate::broker::{Broker, BrokerError, Publisher, Sink, Subscription};
 use crate::group::GroupName;
 use crate::outbox::Outbox;
+use crate::protocol::frame_position;
+
+pub use gate::Gate;
 
 /// Shards of the group map; a power of two well above the core count keeps contention low.
 const SHARDS: usize = 64;
@@ -28,8 +36,14 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A process-unique session id, the key of a member within a group.
 pub type MemberId = u64;
 
+/// A local member: its queue, and its gate when the group has history.
+struct Member {
+    outbox: Arc<Outbox>,
+    gate: Option<Arc<Gate>>,
+}
+
 struct Group {
-    members: HashMap<MemberId, Arc<Outbox>>,
+    members: HashMap<MemberId, Member>,
     /// The broker's confirmation of this instance's subscription; joiners wait on it.
     subscription: Subscription,
 }
@@ -63,9 +77,15 @@ impl Registry {
 impl Sink for Registry {
     fn deliver(&self, group: &str, frame: Utf8Bytes) {
         let shard = self.shard(group);
-        if let Some(group) = shard.get(group) {
-            for outbox in group.members.values() {
-                outbox.push(frame.clone());
+        let Some(group) = shard.get(group) else { return };
+        // Parsed once per message; only gated members look at it.
+        let position = frame_position(&frame);
+        for member in group.members.values() {
+            match &member.gate {
+                None => {
+                    member.outbox.push(frame.clone());
+                }
+                Some(gate) => gate.offer(position, frame.clone(), &member.outbox),
             }
         }
     }
@@ -96,26 +116,29 @@ impl Hub {
     }
 
     /// Adds `member` to `group` and returns once the instance receives the group's messages.
-    /// Joining a group twice is a no-op. On failure the member is not in the group.
+    /// With a `gate`, the group's frames reach the member through it. Joining again replaces
+    /// the membership. On failure the member is not in the group.
     pub async fn join(
         &self,
         group: &GroupName,
         member: MemberId,
         outbox: &Arc<Outbox>,
+        gate: Option<Arc<Gate>>,
     ) -> Result<(), BrokerError> {
         if !self.broker.is_ready() {
             return Err(BrokerError::Unavailable("broker is not connected".into()));
         }
         let subscription = {
             let mut shard = self.registry.shard(group.as_str());
+            let new = Member { outbox: outbox.clone(), gate };
             match shard.entry(group.clone()) {
                 Entry::Occupied(mut entry) => {
-                    entry.get_mut().members.insert(member, outbox.clone());
+                    entry.get_mut().members.insert(member, new);
                     entry.get().subscription.clone()
                 }
                 Entry::Vacant(entry) => {
                     let subscription = self.broker.subscribe(group);
-                    let members = HashMap::from([(member, outbox.clone())]);
+                    let members = HashMap::from([(member, new)]);
                     entry.insert(Group { members, subscription: subscription.clone() });
                     subscription
                 }
@@ -149,48 +172,84 @@ impl Hub {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use futures_util::future::BoxFuture;
+    use serde_json::value::RawValue;
+
+    use crate::broker::memory::MemoryBroker;
+    use crate::broker::{Answer, HistoryPolicy, HistorySlice};
+    use crate::protocol::ClientInfo;
 
     use super::*;
 
-    /// Counts subscribe/unsubscribe calls, confirming subscriptions at once.
-    #[derive(Default)]
+    /// The in-memory broker, counting subscribe/unsubscribe calls.
     struct CountingBroker {
+        inner: MemoryBroker,
         subscribes: AtomicUsize,
         unsubscribes: AtomicUsize,
     }
 
     impl Publisher for CountingBroker {
-        fn publish<'a>(&'a self, _: &'a GroupName, _: Utf8Bytes) -> BoxFuture<'a, Result<(), BrokerError>> {
-            Box::pin(async { Ok(()) })
+        fn broadcast<'a>(&'a self, group: &'a GroupName, frame: Utf8Bytes) -> Answer<'a, ()> {
+            self.inner.broadcast(group, frame)
+        }
+        fn publish<'a>(
+            &'a self,
+            g: &'a GroupName,
+            d: &'a RawValue,
+            h: Option<HistoryPolicy>,
+        ) -> Answer<'a, ()> {
+            self.inner.publish(g, d, h)
         }
     }
 
     impl Broker for CountingBroker {
-        fn subscribe(&self, _: &GroupName) -> Subscription {
+        fn subscribe(&self, group: &GroupName) -> Subscription {
             self.subscribes.fetch_add(1, Ordering::SeqCst);
-            Subscription::confirmed()
+            self.inner.subscribe(group)
         }
-        fn unsubscribe(&self, _: &GroupName) {
+        fn unsubscribe(&self, group: &GroupName) {
             self.unsubscribes.fetch_add(1, Ordering::SeqCst);
+            self.inner.unsubscribe(group)
         }
         fn is_ready(&self) -> bool {
-            true
+            self.inner.is_ready()
+        }
+        fn history<'a>(
+            &'a self,
+            g: &'a GroupName,
+            s: u64,
+            l: usize,
+            p: HistoryPolicy,
+        ) -> Answer<'a, HistorySlice> {
+            self.inner.history(g, s, l, p)
+        }
+        fn presence_set<'a>(&'a self, g: &'a GroupName, c: &'a [ClientInfo], t: Duration) -> Answer<'a, ()> {
+            self.inner.presence_set(g, c, t)
+        }
+        fn presence_remove<'a>(&'a self, g: &'a GroupName, c: &'a str) -> Answer<'a, ()> {
+            self.inner.presence_remove(g, c)
+        }
+        fn presence<'a>(&'a self, g: &'a GroupName) -> Answer<'a, Vec<ClientInfo>> {
+            self.inner.presence(g)
         }
     }
 
     #[tokio::test]
     async fn first_join_subscribes_last_leave_unsubscribes_and_fanout_shares_frames() {
-        let broker = Arc::new(CountingBroker::default());
         let registry = Registry::new();
+        let inner = MemoryBroker::new(registry.clone());
+        let broker = Arc::new(CountingBroker {
+            inner,
+            subscribes: AtomicUsize::new(0),
+            unsubscribes: AtomicUsize::new(0),
+        });
         let hub = Hub::new(registry.clone(), broker.clone());
         let group = GroupName::new("g").unwrap();
         let (a, mut rx_a) = Outbox::new(4);
         let (b, mut rx_b) = Outbox::new(4);
         let (a, b) = (Arc::new(a), Arc::new(b));
-        hub.join(&group, 1, &a).await.unwrap();
-        hub.join(&group, 2, &b).await.unwrap();
-        hub.join(&group, 2, &b).await.unwrap();
+        hub.join(&group, 1, &a, None).await.unwrap();
+        hub.join(&group, 2, &b, None).await.unwrap();
+        hub.join(&group, 2, &b, None).await.unwrap();
         assert_eq!(broker.subscribes.load(Ordering::SeqCst), 1);
 
         registry.deliver("g", Utf8Bytes::from_static("hello"));

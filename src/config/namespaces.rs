@@ -1,0 +1,64 @@
+//! `[namespaces.<name>]`: per-namespace policy for every group whose name starts `<name>.`.
+//!
+//! ```toml
+//! [namespaces.chat]
+//! client_publish = true   # clients on /ws may publish
+//! history_size = 100      # keep the last 100 messages of each group (0: no history)
+//! history_ttl = "10m"     # ... for 10 minutes after the last publish
+//! presence = true         # who is subscribed, across instances
+//! join_leave = true       # members see join/leave events
+//! ```
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::HistoryPolicy;
+
+/// Most messages a group's history may keep.
+pub const MAX_HISTORY_SIZE: usize = 100_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Whether clients on the generic `/ws` endpoint may publish to groups of this namespace.
+    pub client_publish: bool,
+    /// Messages kept per group for recovery; 0 turns history (offsets, epochs) off.
+    pub history_size: usize,
+    /// How long a group's history lives after its last publish.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Whether clients may ask who is subscribed (`presence` request, `GET /api/presence`).
+    pub presence: bool,
+    /// Whether members receive `join` and `leave` events.
+    pub join_leave: bool,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        Self {
+            client_publish: false,
+            history_size: 0,
+            history_ttl: Duration::from_secs(600),
+            presence: false,
+            join_leave: false,
+        }
+    }
+}
+
+impl NamespaceConfig {
+    /// The history kept for this namespace's groups, if any.
+    pub fn history(&self) -> Option<HistoryPolicy> {
+        (self.history_size > 0).then_some(HistoryPolicy { size: self.history_size, ttl: self.history_ttl })
+    }
+
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if self.history_size > MAX_HISTORY_SIZE {
+            return Err(format!("history_size: at most {MAX_HISTORY_SIZE}"));
+        }
+        if self.history_size > 0 && self.history_ttl < Duration::from_secs(1) {
+            return Err("history_ttl: at least 1s".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! The HTTP API: `POST /api/publish`, `GET /api/history`, `GET /api/presence`, `GET /healthz`,
+//! `GET /readyz`.
+//!
+//! Every `/api/` route requires `Authorization: Bearer <key>` when `api_keys` is set (keys
+//! compared in constant time, any of them valid so keys can be rotated); with no keys configured
+//! only loopback callers are served. Errors are JSON,
+//! `{"ok":false,"error":{"code":..,"message":..}}`, with the codes of the WebSocket protocol.
+
+mod publish;
+mod query;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::Gateway;
+use crate::broker::BrokerError;
+use crate::protocol::ErrorCode;
+
+pub(super) fn router(gateway: &Arc<Gateway>) -> Router<Arc<Gateway>> {
+    let body_limit = DefaultBodyLimit::max(gateway.config.max_frame_bytes);
+    let api = Router::new()
+        .route("/api/publish", post(publish::publish).layer(body_limit))
+        .route("/api/history", get(query::history))
+        .route("/api/presence", get(query::presence))
+        .route_layer(middleware::from_fn_with_state(gateway.clone(), require_access));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+}
+
+/// An API error: its status, and the JSON body with the protocol's error code.
+#[derive(Debug)]
+pub(super) struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    pub(super) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    pub(super) fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"ok": false, "error": {"code": self.code, "message": self.message}});
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Lets a request through only if [`authorize`] accepts its caller.
+async fn require_access(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match authorize(&gateway.config.api_keys, request.headers(), peer) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
+    if gateway.hub.broker().is_ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        let body = Json(json!({"status": "unavailable", "reason": "broker is not connected"}));
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+/// With keys configured, one of them must be presented; with none, only loopback may call.
+fn authorize(keys: &[String], headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
+    if keys.is_empty() {
+        return match peer.ip().is_loopback() {
+            true => Ok(()),
+            false => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "no api_keys are configured: only loopback callers may use the API",
+            )),
+        };
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare against every key, without stopping early, so timing says nothing about which
+    // key (or how much of one) matched.
+    let matched = keys
+        .iter()
+        .fold(subtle::Choice::from(0), |acc, key| acc | key.as_bytes().ct_eq(presented.as_bytes()));
+    if bool::from(matched) && !presented.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, "missing or invalid API key"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer(key: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, format!("Bearer {key}").parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn keys_any_of_several_and_loopback_only_without_keys() {
+        let loopback: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let remote: SocketAddr = "203.0.113.9:1".parse().unwrap();
+        assert!(authorize(&[], &HeaderMap::new(), loopback).is_ok());
+        assert_eq!(authorize(&[], &HeaderMap::new(), remote).unwrap_err().status, StatusCode::FORBIDDEN);
+        let keys = vec!["old-key".to_string(), "new-key".to_string()];
+        assert!(authorize(&keys, &bearer("old-key"), remote).is_ok());
+        assert!(authorize(&keys, &bearer("new-key"), remote).is_ok());
+        assert_eq!(
+            authorize(&keys, &bearer("new-ke"), loopback).unwrap_err().status,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            authorize(&keys, &HeaderMap::new(), loopback).unwrap_err().status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}

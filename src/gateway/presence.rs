@@ -1,0 +1,58 @@
+//! This instance's presence entries and the heartbeat that keeps them alive in the broker.
+//!
+//! Entries are written when a client joins a group with presence and removed when it leaves;
+//! the heartbeat re-adds every local entry each third of `presence_ttl`, so they survive in
+//! the broker exactly as long as this instance does (and come back after a Redis restart).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use super::Gateway;
+use crate::group::GroupName;
+use crate::protocol::ClientInfo;
+
+#[derive(Default)]
+pub struct LocalPresence {
+    entries: Mutex<HashMap<GroupName, HashMap<String, ClientInfo>>>,
+}
+
+impl LocalPresence {
+    fn lock(&self) -> MutexGuard<'_, HashMap<GroupName, HashMap<String, ClientInfo>>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn add(&self, group: &GroupName, client: &ClientInfo) {
+        self.lock().entry(group.clone()).or_default().insert(client.client.clone(), client.clone());
+    }
+
+    pub fn remove(&self, group: &GroupName, client: &str) {
+        let mut entries = self.lock();
+        if let Some(clients) = entries.get_mut(group) {
+            clients.remove(client);
+            if clients.is_empty() {
+                entries.remove(group);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(GroupName, Vec<ClientInfo>)> {
+        self.lock().iter().map(|(g, clients)| (g.clone(), clients.values().cloned().collect())).collect()
+    }
+}
+
+/// Refreshes every local entry a few times per TTL until the gateway shuts down.
+pub(super) async fn heartbeat(gateway: Arc<Gateway>) {
+    let ttl = gateway.config.presence_ttl;
+    let mut tick = tokio::time::interval(ttl / 3);
+    loop {
+        tokio::select! {
+            _ = gateway.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (group, clients) in gateway.presence.snapshot() {
+            if let Err(e) = gateway.hub.broker().presence_set(&group, &clients, ttl).await {
+                tracing::warn!(%group, error = %e, "presence heartbeat failed");
+            }
+        }
+    }
+}
