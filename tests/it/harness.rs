@@ -293,6 +293,20 @@ impl Client {
         }
     }
 
+    /// The next text frame, or `None` once the connection is closed or broken.
+    pub async fn try_recv(&mut self) -> Option<Value> {
+        if let Some(frame) = self.buffered.pop_front() {
+            return Some(frame);
+        }
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("frame in time") {
+                Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(&text).expect("JSON")),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
     /// The next frame, buffered ones first.
     pub async fn recv(&mut self) -> Value {
         match self.buffered.pop_front() {
@@ -405,6 +419,36 @@ impl InProcessScheduler {
 impl Drop for InProcessScheduler {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A `herald gateway` process on a free port, ready when returned.
+pub struct GatewayProcess {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    /// Starts `herald gateway` with `toml` (which should set `redis_url` and `node_id`).
+    pub async fn start(toml: &str) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let process = Process::spawn(&["gateway", "--listen", &addr.to_string()], toml);
+        let mut ready = false;
+        for _ in 0..300 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok()
+                && http(addr, "GET", "/readyz", &[], "").await.0 == 200
+            {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ready, "gateway process on {addr} did not become ready");
+        Self { process, addr }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&format!("ws://{}/ws", self.addr)).await
     }
 }
 
