@@ -17,6 +17,7 @@
 //! bounded per-client queue.
 //!
 //! Module map:
+//! - [`auth`]: token verification and what a token permits.
 //! - [`config`]: layered, validated configuration.
 //! - [`group`]: validated group names and namespaces.
 //! - [`protocol`]: client frames, error codes, close codes.
@@ -31,6 +32,7 @@
 //! `main` calls) or installs signal handlers: the caller passes a listener, a config and a
 //! shutdown token in.
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod gateway;

@@ -28,6 +28,8 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The client kept exceeding its rate limit.
     pub const RATE_LIMITED: u16 = 4029;
+    /// The client answered no ping for `ping_interval + pong_timeout`.
+    pub const NO_PONG: u16 = 4000;
 }
 
 /// The `code` of an `error` frame.
@@ -47,10 +49,28 @@ pub enum ErrorCode {
 /// A request a client may send.
 #[derive(Debug)]
 pub enum Request {
-    Subscribe { group: GroupName, since: Option<Since> },
-    Unsubscribe { group: GroupName },
-    Publish { group: GroupName, data: Box<RawValue> },
-    Presence { group: GroupName },
+    Subscribe {
+        group: GroupName,
+        since: Option<Since>,
+    },
+    Unsubscribe {
+        group: GroupName,
+    },
+    Publish {
+        group: GroupName,
+        data: Box<RawValue>,
+    },
+    Presence {
+        group: GroupName,
+    },
+    /// The first frame of a client that did not put its token in the URL.
+    Auth {
+        token: String,
+    },
+    /// A newer token for the same user, before the current one expires.
+    Refresh {
+        token: String,
+    },
     Ping,
 }
 
@@ -68,6 +88,9 @@ pub struct ClientInfo {
     pub client: String,
     pub user: Option<String>,
     pub node: String,
+    /// The `info` claim of the client's token, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
 }
 
 /// A decoded client frame: the request and the `id` to echo in its answer.
@@ -102,6 +125,7 @@ struct RawFrame {
     #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     since: Option<serde_json::Value>,
+    token: Option<serde_json::Value>,
 }
 
 /// Keeps an explicit `"data": null` as data (plain `Option` would read it as absent).
@@ -141,6 +165,8 @@ pub fn decode(text: &str) -> Result<Incoming, RequestError> {
             Request::Subscribe { group: group_field(raw.group, id)?, since }
         }
         "presence" => Request::Presence { group: group_field(raw.group, id)? },
+        "auth" => Request::Auth { token: token_field(raw.token, id)? },
+        "refresh" => Request::Refresh { token: token_field(raw.token, id)? },
         "unsubscribe" => Request::Unsubscribe { group: group_field(raw.group, id)? },
         "publish" => {
             let group = group_field(raw.group, id)?;
@@ -160,6 +186,13 @@ fn group_field(group: Option<serde_json::Value>, id: Option<u64>) -> Result<Grou
         Some(serde_json::Value::String(name)) => GroupName::new(&name).map_err(|e| invalid_group(id, &e)),
         Some(_) => Err(RequestError::new(id, ErrorCode::BadRequest, "group must be a string")),
         None => Err(RequestError::new(id, ErrorCode::BadRequest, "missing field group")),
+    }
+}
+
+fn token_field(token: Option<serde_json::Value>, id: Option<u64>) -> Result<String, RequestError> {
+    match token {
+        Some(serde_json::Value::String(token)) => Ok(token),
+        _ => Err(RequestError::new(id, ErrorCode::BadRequest, "token must be a string")),
     }
 }
 

@@ -5,10 +5,11 @@
 mod jobs;
 mod namespaces;
 mod routes;
+mod security;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use jobs::{HttpSourceConfig, JobConfig, SchedulerConfig};
 pub use namespaces::NamespaceConfig;
 pub use routes::{RouteConfig, RouteTemplate};
+pub use security::AuthMode;
 
 /// Environment variables with the `HERALD_` prefix that are not config keys.
 const NON_CONFIG_ENV: &[&str] = &["config", "log_format"];
@@ -45,10 +47,46 @@ pub struct Config {
     /// Keys accepted by the HTTP API (`Authorization: Bearer <key>`). Empty: loopback only.
     #[serde(deserialize_with = "comma_list")]
     pub api_keys: Vec<String>,
+    /// Client authentication; unset: `off` for `standalone`, `required` for `gateway`.
+    pub auth: Option<AuthMode>,
+    /// Shared secret of HS256 tokens.
+    pub auth_hmac_secret: Option<String>,
+    /// PEM public key of RS256 or ES256 tokens.
+    pub auth_public_key_file: Option<PathBuf>,
+    /// How long a client may take to send its `auth` frame.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Browser origins allowed to open WebSockets (exact, or with `*` wildcards); the gateway's
+    /// own host is always allowed, and requests without `Origin` are not browsers.
+    #[serde(deserialize_with = "comma_list")]
+    pub allowed_origins: Vec<String>,
     /// Largest client frame accepted; larger frames close the connection with 1009.
     pub max_frame_bytes: usize,
     /// Frames a client's outbound queue holds before the client is closed as too slow (4008).
     pub outbound_queue: usize,
+    /// Bytes a client's outbound queue holds before the client is closed as too slow (4008).
+    pub outbound_queue_bytes: usize,
+    /// Groups one connection may be subscribed to at once.
+    pub max_groups_per_client: usize,
+    /// Requests per second one connection may make (token bucket refill rate).
+    pub rate_limit: u32,
+    /// Requests one connection may make in a burst (token bucket size).
+    pub rate_limit_burst: u32,
+    /// Refused requests in a row after which the connection is closed with 4029.
+    pub rate_limit_strikes: u32,
+    /// WebSocket connections this instance accepts; more get HTTP 503.
+    pub max_connections: usize,
+    /// WebSocket connections one source IP may hold; more get HTTP 429.
+    pub max_connections_per_ip: usize,
+    /// How long a client may take to send its HTTP request headers (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// How often the server pings each client.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long past a ping a silent client is kept before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
     /// Per-namespace policy, keyed by namespace (the group name before its first `.`).
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// How long presence entries of an instance outlive its last heartbeat (so a crashed
@@ -71,8 +109,23 @@ impl Default for Config {
             redis_prefix: "herald".into(),
             node_id: random_node_id(),
             api_keys: Vec::new(),
+            auth: None,
+            auth_hmac_secret: None,
+            auth_public_key_file: None,
+            auth_timeout: Duration::from_secs(5),
+            allowed_origins: Vec::new(),
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1024,
+            outbound_queue_bytes: 1024 * 1024,
+            max_groups_per_client: 100,
+            rate_limit: 50,
+            rate_limit_burst: 100,
+            rate_limit_strikes: 20,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
             namespaces: BTreeMap::new(),
             presence_ttl: Duration::from_secs(30),
             routes: Vec::new(),
@@ -145,8 +198,14 @@ impl Config {
         if self.presence_ttl < Duration::from_secs(1) {
             return Err(invalid("presence_ttl", "must be at least 1s"));
         }
+        security::validate(self)?;
         routes::validate(&self.routes)?;
         jobs::validate(&self.jobs, &self.scheduler)
+    }
+
+    /// The authentication mode in effect (`off` when unset: `main` picks per command).
+    pub fn auth_mode(&self) -> AuthMode {
+        self.auth.unwrap_or(AuthMode::Off)
     }
 
     /// The policy of `namespace` (the default policy when it has no entry).

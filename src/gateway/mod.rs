@@ -4,25 +4,33 @@
 //! shutdown token. [`serve`] runs the HTTP server on a listener the caller bound, until the
 //! token is cancelled; sessions then close with 1012 and `serve` returns once they are gone.
 
+mod admission;
 mod api;
 mod demo;
 mod presence;
 mod routes;
 mod session;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::StartError;
+use crate::auth::Verifier;
 use crate::broker::{self, Broker, BrokerError};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::group::GroupName;
 use crate::hub::{Hub, Registry};
 
@@ -37,6 +45,9 @@ pub struct Gateway {
     routes: Vec<Arc<routes::CompiledRoute>>,
     /// This instance's presence entries, refreshed in the broker by a heartbeat.
     presence: presence::LocalPresence,
+    /// Verifies client tokens; `None` when no key is configured.
+    verifier: Option<Verifier>,
+    admission: admission::Admission,
 }
 
 impl Gateway {
@@ -49,6 +60,9 @@ impl Gateway {
             .iter()
             .map(|r| routes::CompiledRoute::compile(r).map(Arc::new))
             .collect::<Result<_, _>>()?;
+        let verifier =
+            Verifier::from_config(&config).map_err(|e| ConfigError(format!("auth_public_key_file: {e}")))?;
+        let admission = admission::Admission::new(&config);
         let registry = Registry::new();
         let broker: Arc<dyn Broker> = match &config.redis_url {
             Some(url) => Arc::new(broker::redis::RedisBroker::start(
@@ -68,6 +82,8 @@ impl Gateway {
             sessions: TaskTracker::new(),
             routes,
             presence: presence::LocalPresence::default(),
+            verifier,
+            admission,
         }))
     }
 
@@ -97,11 +113,48 @@ impl Gateway {
 
 /// Serves HTTP and WebSockets on `listener` until the gateway's shutdown token is cancelled,
 /// then waits for every session to close.
+///
+/// The accept loop is hyper's own rather than `axum::serve`, for one setting axum does not
+/// expose: a header read timeout (`handshake_timeout`), so a client that opens a connection and
+/// never finishes its request (slowloris) is dropped instead of holding a socket forever.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> std::io::Result<()> {
     let shutdown = gateway.shutdown.clone();
     tokio::spawn(presence::heartbeat(gateway.clone()));
-    let app = router(gateway.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    let app = router(gateway.clone());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(gateway.config.handshake_timeout);
+    let builder = builder.http1_only();
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request)
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Keep-alive HTTP connections finish their requests; upgraded sockets are sessions.
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     gateway.sessions.close();
     gateway.sessions.wait().await;
     Ok(())

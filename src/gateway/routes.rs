@@ -2,14 +2,14 @@
 //! may publish to the route's groups.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get};
 
+use super::admission::Admitted;
 use super::{Gateway, api::ApiError, session};
 use crate::config::{ConfigError, RouteConfig, RouteTemplate};
 use crate::group::GroupName;
@@ -63,11 +63,11 @@ impl CompiledRoute {
 pub fn handler(route: Arc<CompiledRoute>) -> MethodRouter<Arc<Gateway>> {
     get(
         move |State(gateway): State<Arc<Gateway>>,
-              ConnectInfo(peer): ConnectInfo<SocketAddr>,
               Path(params): Path<HashMap<String, String>>,
+              admitted: Admitted,
               ws: WebSocketUpgrade| async move {
             match route.grants(&params) {
-                Ok(grants) => session::upgrade(gateway, ws, peer, grants),
+                Ok(grants) => session::upgrade(gateway, ws, admitted, grants),
                 Err(message) => ApiError::bad_request(ErrorCode::InvalidGroup, message).into_response(),
             }
         },

@@ -88,7 +88,7 @@ mod tests {
 
     #[tokio::test]
     async fn merges_held_and_live_frames_by_offset() {
-        let (outbox, mut rx) = Outbox::new(16);
+        let (outbox, mut rx) = Outbox::new(16, 1 << 20);
         let gate = Gate::holding(8);
         for n in [3, 4, 5] {
             gate.offer(Some((n, "e")), frame(n), &outbox);
@@ -109,7 +109,7 @@ mod tests {
 
     #[test]
     fn holding_too_much_closes_the_member() {
-        let (outbox, _rx) = Outbox::new(16);
+        let (outbox, _rx) = Outbox::new(16, 1 << 20);
         let gate = Gate::holding(2);
         for n in 1..=3 {
             gate.offer(Some((n, "e")), frame(n), &outbox);

@@ -244,8 +244,8 @@ mod tests {
         });
         let hub = Hub::new(registry.clone(), broker.clone());
         let group = GroupName::new("g").unwrap();
-        let (a, mut rx_a) = Outbox::new(4);
-        let (b, mut rx_b) = Outbox::new(4);
+        let (a, mut rx_a) = Outbox::new(4, 1 << 20);
+        let (b, mut rx_b) = Outbox::new(4, 1 << 20);
         let (a, b) = (Arc::new(a), Arc::new(b));
         hub.join(&group, 1, &a, None).await.unwrap();
         hub.join(&group, 2, &b, None).await.unwrap();

@@ -11,6 +11,8 @@ fn chat_config(redis: &Redis, node: &str) -> herald::config::Config {
     config
         .namespaces
         .insert("chat".into(), NamespaceConfig { client_publish: true, ..NamespaceConfig::default() });
+    // The ordering test publishes a pipelined burst well above the default rate limit.
+    config.rate_limit_burst = 1000;
     config
 }
 

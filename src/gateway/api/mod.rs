@@ -55,6 +55,11 @@ impl ApiError {
     pub(super) fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
+
+    #[cfg(test)]
+    pub(super) fn status(&self) -> StatusCode {
+        self.status
+    }
 }
 
 impl From<BrokerError> for ApiError {

@@ -6,12 +6,18 @@ use serde_json::value::RawValue;
 use super::Session;
 use super::membership::{Asked, unavailable};
 use crate::group::GroupName;
-use crate::protocol::{self, ErrorCode, Incoming, Request, RequestError};
+use crate::protocol::{self, ErrorCode, Incoming, Request, RequestError, close};
 
 impl Session {
     /// Decodes one text frame, carries out the request and queues the answer.
     pub(super) async fn dispatch(&mut self, text: &str) {
-        let Incoming { id, request } = match protocol::decode(text) {
+        let decoded = protocol::decode(text);
+        if !self.within_rate_limit() {
+            let id = decoded.as_ref().map_or_else(|e| e.id, |i| i.id);
+            let e = RequestError::new(id, ErrorCode::RateLimited, "too many requests: slow down");
+            return self.send_error(&e).await;
+        }
+        let Incoming { id, request } = match decoded {
             Ok(incoming) => incoming,
             Err(e) => return self.send_error(&e).await,
         };
@@ -29,6 +35,8 @@ impl Session {
             }
             Request::Publish { group, data } => self.publish(&group, &data).await.map(|()| None),
             Request::Presence { group } => self.presence(&group).await.map(Some),
+            Request::Auth { token } => self.late_auth(&token).map(|()| None),
+            Request::Refresh { token } => self.refresh(&token).map(|()| None),
             Request::Ping => Ok(None),
         };
         match answer {
@@ -37,9 +45,19 @@ impl Session {
         }
     }
 
-    /// Queues a frame for this client (waiting for room; a gone client is noticed by the reader).
-    pub(super) async fn send(&self, frame: axum::extract::ws::Utf8Bytes) {
-        self.outbox.send(frame).await;
+    /// Takes a token from the client's bucket; a client refused `rate_limit_strikes` times in
+    /// a row is closed with 4029.
+    fn within_rate_limit(&mut self) -> bool {
+        if self.limiter.check().is_ok() {
+            self.strikes = 0;
+            return true;
+        }
+        self.strikes += 1;
+        if self.strikes >= self.gateway.config.rate_limit_strikes {
+            tracing::debug!(strikes = self.strikes, "rate limit exceeded; closing");
+            self.outbox.close(close::RATE_LIMITED);
+        }
+        false
     }
 
     pub(super) async fn send_error(&self, e: &RequestError) {
@@ -47,9 +65,8 @@ impl Session {
     }
 
     async fn publish(&mut self, group: &GroupName, data: &RawValue) -> Result<(), RequestError> {
-        let granted = self.grants.publish.contains(group);
-        if !granted && !self.gateway.config.namespace(group.namespace()).client_publish {
-            let message = format!("clients may not publish to {group}");
+        if !self.may_publish(group) {
+            let message = format!("this client may not publish to {group}");
             return Err(RequestError::new(None, ErrorCode::Forbidden, message));
         }
         self.gateway.publish(group, data).await.map_err(unavailable)
@@ -58,6 +75,10 @@ impl Session {
     async fn presence(&self, group: &GroupName) -> Result<serde_json::Value, RequestError> {
         if !self.gateway.config.namespace(group.namespace()).presence {
             let message = format!("presence is off for namespace {:?}", group.namespace());
+            return Err(RequestError::new(None, ErrorCode::Forbidden, message));
+        }
+        if !self.may_subscribe(group) {
+            let message = format!("this client may not see {group}");
             return Err(RequestError::new(None, ErrorCode::Forbidden, message));
         }
         let clients = self.gateway.hub.broker().presence(group).await.map_err(unavailable)?;

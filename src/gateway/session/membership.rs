@@ -52,7 +52,16 @@ impl Session {
             self.reply(asked, None).await;
             return Ok(());
         }
+        if !self.may_subscribe(&group) {
+            let message = format!("this client may not subscribe to {group}");
+            return Err(RequestError::new(id, ErrorCode::Forbidden, message));
+        }
         let gateway = self.gateway.clone();
+        if self.groups.len() >= gateway.config.max_groups_per_client {
+            let message =
+                format!("already in max_groups_per_client ({}) groups", gateway.config.max_groups_per_client);
+            return Err(RequestError::new(id, ErrorCode::Forbidden, message));
+        }
         let namespace = gateway.config.namespace(group.namespace());
         let history = namespace.history();
         if since.is_some() && history.is_none() {

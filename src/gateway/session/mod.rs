@@ -1,29 +1,34 @@
 //! One WebSocket client, from upgrade to close.
 //!
-//! A session is two tasks: the [`writer`] owns the socket's sending half and drains the
-//! client's [`Outbox`]; the reader (this task) reads frames and hands each to [`dispatch`].
-//! Either side can end the session by asking the outbox to close with a code; the writer then
-//! sends that close frame, the reader waits briefly for the client's answer, and the session
-//! leaves every group it joined.
+//! A session is two tasks: the [`writer`] owns the socket's sending half, drains the client's
+//! [`Outbox`] and pings the client; the reader (this task) authenticates the client, then reads
+//! frames and hands each to [`dispatch`]. Either side can end the session by asking the outbox
+//! to close with a code; the writer then sends that close frame, the reader waits briefly for
+//! the client's answer, and the session leaves every group it joined.
 
+mod auth;
 mod dispatch;
 mod membership;
 mod writer;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::Gateway;
+use super::admission::Admitted;
 use super::routes::Grants;
+use crate::auth::Identity;
 use crate::group::GroupName;
 use crate::hub::MemberId;
 use crate::outbox::Outbox;
@@ -39,17 +44,17 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// `GET /ws`: the generic endpoint, no grants beyond namespace policy.
 pub(super) async fn generic(
     State(gateway): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    admitted: Admitted,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(gateway, ws, peer, Grants::default())
+    upgrade(gateway, ws, admitted, Grants::default())
 }
 
 /// Accepts the WebSocket with Herald's buffer and size limits and starts the session.
 pub(super) fn upgrade(
     gateway: Arc<Gateway>,
     ws: WebSocketUpgrade,
-    peer: SocketAddr,
+    admitted: Admitted,
     grants: Grants,
 ) -> Response {
     let max = gateway.config.max_frame_bytes;
@@ -59,7 +64,7 @@ pub(super) fn upgrade(
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let sessions = gateway.sessions.clone();
-            sessions.track_future(run(gateway, socket, peer, grants))
+            sessions.track_future(run(gateway, socket, admitted, grants))
         })
 }
 
@@ -70,26 +75,56 @@ pub(super) struct Session {
     outbox: Arc<Outbox>,
     /// How other clients see this one (presence, join/leave).
     info: ClientInfo,
+    /// The verified token, if the client authenticated.
+    identity: Option<Identity>,
     /// Groups this session joined, so it can leave them all when it ends.
     groups: HashSet<GroupName>,
     grants: Grants,
+    limiter: DefaultDirectRateLimiter,
+    /// Requests refused by the rate limit in a row.
+    strikes: u32,
+    /// When the client last sent anything (a pong counts): the heartbeat's reference.
+    last_seen: Instant,
 }
 
-async fn run(gateway: Arc<Gateway>, socket: WebSocket, peer: SocketAddr, grants: Grants) {
+async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, grants: Grants) {
+    let Admitted { peer, token, slot: _slot } = admitted;
     let id = gateway.next_session_id();
     let client = format!("{}-{id}", gateway.node_id());
     let span = tracing::info_span!("session", %client, %peer);
-    let (outbox, queue) = Outbox::new(gateway.config.outbound_queue);
+    let config = &gateway.config;
+    let (outbox, queue) = Outbox::new(config.outbound_queue, config.outbound_queue_bytes);
     let outbox = Arc::new(outbox);
-    let (sink, stream) = socket.split();
-    let writer = tokio::spawn(writer::run(sink, queue, outbox.clone()).instrument(span.clone()));
-    let info = ClientInfo { client: client.clone(), user: None, node: gateway.node_id().to_string() };
-    let mut session = Session { gateway, id, outbox, info, groups: HashSet::new(), grants };
+    let (sink, mut stream) = socket.split();
+    let writer = writer::run(sink, queue, outbox.clone(), config.ping_interval);
+    let writer = tokio::spawn(writer.instrument(span.clone()));
+    let info =
+        ClientInfo { client: client.clone(), user: None, node: gateway.node_id().to_string(), info: None };
+    let mut session = Session {
+        limiter: rate_limiter(config.rate_limit, config.rate_limit_burst),
+        gateway,
+        id,
+        outbox,
+        info,
+        identity: None,
+        groups: HashSet::new(),
+        grants,
+        strikes: 0,
+        last_seen: Instant::now(),
+    };
     async move {
         tracing::debug!("connected");
         session.send(protocol::welcome(&client, session.gateway.node_id())).await;
-        session.join_route_groups().await;
-        let stream = session.read(stream).await;
+        match session.authenticate(&mut stream, token).await {
+            Ok(()) => {
+                session.join_route_groups().await;
+                session.read(&mut stream).await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "authentication failed");
+                session.outbox.close(close::UNAUTHORIZED);
+            }
+        }
         session.leave_all().await;
         let code = session.outbox.close_requested();
         let _ = writer.await;
@@ -100,10 +135,19 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, peer: SocketAddr, grants:
     .await;
 }
 
+fn rate_limiter(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
+    let per_second = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst))
+}
+
 impl Session {
-    /// Reads and dispatches frames until the client leaves or a close is asked for.
-    async fn read(&mut self, mut stream: SplitStream<WebSocket>) -> SplitStream<WebSocket> {
+    /// Reads and dispatches frames until the client leaves, a close is asked for, the token
+    /// expires, or the client stops answering pings.
+    async fn read(&mut self, stream: &mut SplitStream<WebSocket>) {
         let shutdown = self.gateway.shutdown.clone();
+        let deadline = tokio::time::sleep_until(self.deadline());
+        tokio::pin!(deadline);
         loop {
             let frame = tokio::select! {
                 _ = self.outbox.closing() => break,
@@ -111,8 +155,17 @@ impl Session {
                     self.outbox.close(close::RESTARTING);
                     break;
                 }
+                _ = &mut deadline => {
+                    if let Some(code) = self.overdue() {
+                        self.outbox.close(code);
+                        break;
+                    }
+                    deadline.as_mut().reset(self.deadline());
+                    continue;
+                }
                 frame = stream.next() => frame,
             };
+            self.last_seen = Instant::now();
             match frame {
                 Some(Ok(Message::Text(text))) => self.dispatch(&text).await,
                 Some(Ok(Message::Binary(_))) => self.refuse_binary().await,
@@ -127,7 +180,32 @@ impl Session {
                 }
             }
         }
-        stream
+    }
+
+    /// The next moment the session must be checked: heartbeat or token expiry.
+    fn deadline(&self) -> Instant {
+        let config = &self.gateway.config;
+        let silent_until = self.last_seen + config.ping_interval + config.pong_timeout;
+        match self.token_expiry() {
+            Some(expiry) => silent_until.min(expiry),
+            None => silent_until,
+        }
+    }
+
+    /// Why the session must end now, if it must.
+    fn overdue(&self) -> Option<u16> {
+        let now = Instant::now();
+        if self.token_expiry().is_some_and(|expiry| expiry <= now) {
+            tracing::debug!("token expired");
+            return Some(close::UNAUTHORIZED);
+        }
+        let config = &self.gateway.config;
+        (self.last_seen + config.ping_interval + config.pong_timeout <= now).then_some(close::NO_PONG)
+    }
+
+    /// Queues a frame for this client (waiting for room; a gone client is noticed by the reader).
+    pub(super) async fn send(&self, frame: Utf8Bytes) {
+        self.outbox.send(frame).await;
     }
 }
 

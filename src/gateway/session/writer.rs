@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
+use futures_util::{FutureExt, SinkExt};
 use tokio::sync::mpsc;
 
 use crate::outbox::Outbox;
@@ -22,15 +23,24 @@ const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Sink = SplitSink<WebSocket, Message>;
 
-pub(super) async fn run(mut sink: Sink, mut queue: mpsc::Receiver<Utf8Bytes>, outbox: Arc<Outbox>) {
+/// Drains `queue` into `sink` and pings the client every `ping_interval`, until a close is
+/// asked for (then sends it) or the socket fails.
+pub(super) async fn run(
+    mut sink: Sink,
+    mut queue: mpsc::Receiver<Utf8Bytes>,
+    outbox: Arc<Outbox>,
+    ping_interval: Duration,
+) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     loop {
         let written = tokio::select! {
             biased;
             code = outbox.closing() => return send_close(&mut sink, code).await,
             frame = queue.recv() => match frame {
-                Some(frame) => write_batch(&mut sink, frame, &mut queue),
+                Some(frame) => write_batch(&mut sink, frame, &mut queue, &outbox).left_future(),
                 None => return,
             },
+            _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).right_future(),
         };
         let result = tokio::select! {
             biased;
@@ -50,11 +60,16 @@ async fn write_batch(
     sink: &mut Sink,
     first: Utf8Bytes,
     queue: &mut mpsc::Receiver<Utf8Bytes>,
+    outbox: &Outbox,
 ) -> Result<(), axum::Error> {
+    outbox.taken(first.len());
     sink.feed(Message::Text(first)).await?;
     for _ in 1..MAX_BATCH {
         match queue.try_recv() {
-            Ok(frame) => sink.feed(Message::Text(frame)).await?,
+            Ok(frame) => {
+                outbox.taken(frame.len());
+                sink.feed(Message::Text(frame)).await?
+            }
             Err(_) => break,
         }
     }
@@ -64,6 +79,9 @@ async fn write_batch(
 async fn send_close(sink: &mut Sink, code: u16) {
     let reason = match code {
         close::TOO_LARGE => "frame too large",
+        close::UNAUTHORIZED => "unauthorized",
+        close::RATE_LIMITED => "rate limited",
+        close::NO_PONG => "no pong",
         close::RESTARTING => "server restarting",
         close::SLOW_CONSUMER => "slow consumer",
         _ => "",

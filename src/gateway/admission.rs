@@ -1,0 +1,175 @@
+//! Who may open a WebSocket, decided at the handshake: the browser origin, and connection
+//! limits per instance and per source IP. An admitted connection holds a [`Slot`] until its
+//! session ends.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::Deserialize;
+use wildmatch::WildMatch;
+
+use super::Gateway;
+use super::api::ApiError;
+use crate::config::Config;
+use crate::protocol::ErrorCode;
+
+/// Origin patterns and connection counts.
+pub(super) struct Admission {
+    /// `(matches the whole origin, pattern)`: patterns with a scheme match `scheme://host[:port]`,
+    /// the others match `host[:port]`.
+    origins: Vec<(bool, WildMatch)>,
+    max: usize,
+    max_per_ip: usize,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl Admission {
+    pub fn new(config: &Config) -> Self {
+        let origins = config
+            .allowed_origins
+            .iter()
+            .map(|p| (p.contains("://"), WildMatch::new(&p.to_ascii_lowercase())))
+            .collect();
+        Self {
+            origins,
+            max: config.max_connections,
+            max_per_ip: config.max_connections_per_ip,
+            counts: Mutex::default(),
+        }
+    }
+
+    /// Whether a browser at `origin` may connect to a gateway reached as `host`: its own host
+    /// always may, other origins only when a pattern allows them.
+    pub fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        let authority = origin.split_once("://").map_or(origin.as_str(), |(_, rest)| rest);
+        if host.is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
+            return true;
+        }
+        self.origins.iter().any(|(whole, p)| p.matches(if *whole { &origin } else { authority }))
+    }
+
+    fn reserve(&self, ip: IpAddr) -> Result<(), ApiError> {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if counts.total >= self.max {
+            let message = "this instance is at max_connections";
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message));
+        }
+        let from_ip = counts.per_ip.entry(ip).or_default();
+        if *from_ip >= self.max_per_ip {
+            let message = "too many connections from this address (max_connections_per_ip)";
+            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, message));
+        }
+        *from_ip += 1;
+        counts.total += 1;
+        Ok(())
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.total -= 1;
+        if let Some(from_ip) = counts.per_ip.get_mut(&ip) {
+            *from_ip -= 1;
+            if *from_ip == 0 {
+                counts.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+/// A connection counted against the limits until dropped.
+pub(super) struct Slot {
+    gateway: Arc<Gateway>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gateway.admission.release(self.ip);
+    }
+}
+
+/// An admitted WebSocket handshake: origin checked, slot reserved, token (if in the URL) taken.
+pub(super) struct Admitted {
+    pub peer: SocketAddr,
+    pub token: Option<String>,
+    pub slot: Slot,
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+impl FromRequestParts<Arc<Gateway>> for Admitted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, gateway: &Arc<Gateway>) -> Result<Self, ApiError> {
+        let ConnectInfo(peer) =
+            ConnectInfo::<SocketAddr>::from_request_parts(parts, gateway).await.map_err(|_| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "no peer address")
+            })?;
+        if let Some(origin) = parts.headers.get(header::ORIGIN) {
+            let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            let allowed = origin.to_str().is_ok_and(|o| gateway.admission.origin_allowed(o, host));
+            if !allowed {
+                let message = "origin not allowed (see allowed_origins)";
+                return Err(ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message));
+            }
+        }
+        let Query(TokenQuery { token }) = Query::<TokenQuery>::from_request_parts(parts, gateway)
+            .await
+            .map_err(|e| ApiError::bad_request(ErrorCode::BadRequest, e.body_text()))?;
+        gateway.admission.reserve(peer.ip())?;
+        Ok(Self { peer, token, slot: Slot { gateway: gateway.clone(), ip: peer.ip() } })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(origins: &[&str]) -> Admission {
+        let config =
+            Config { allowed_origins: origins.iter().map(|o| o.to_string()).collect(), ..Config::default() };
+        Admission::new(&config)
+    }
+
+    #[test]
+    fn own_host_exact_and_wildcard_origins() {
+        let a = admission(&["https://app.example.com", "*.example.org", "http://localhost:*"]);
+        assert!(a.origin_allowed("https://gw.test:8000", Some("gw.test:8000")), "own host");
+        assert!(a.origin_allowed("https://APP.example.com", None));
+        assert!(!a.origin_allowed("http://app.example.com", None), "scheme matters when given");
+        assert!(a.origin_allowed("https://x.example.org", None));
+        assert!(a.origin_allowed("http://a.b.example.org", None));
+        assert!(!a.origin_allowed("https://example.org.evil.com", None));
+        assert!(!a.origin_allowed("https://evilexample.org", None));
+        assert!(a.origin_allowed("http://localhost:5173", None));
+        assert!(!a.origin_allowed("https://evil.com", Some("gw.test")));
+    }
+
+    #[test]
+    fn limits_per_instance_and_per_ip() {
+        let a = Admission { max: 3, max_per_ip: 2, ..admission(&[]) };
+        let (ip1, ip2): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        a.reserve(ip1).unwrap();
+        a.reserve(ip1).unwrap();
+        assert_eq!(a.reserve(ip1).unwrap_err().status(), StatusCode::TOO_MANY_REQUESTS);
+        a.reserve(ip2).unwrap();
+        assert_eq!(a.reserve(ip2).unwrap_err().status(), StatusCode::SERVICE_UNAVAILABLE);
+        a.release(ip1);
+        a.reserve(ip2).unwrap();
+        assert_eq!(a.counts.lock().unwrap().total, 3);
+    }
+}

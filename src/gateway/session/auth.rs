@@ -1,0 +1,133 @@
+//! Who the client is, and what it may do.
+//!
+//! With `auth = "required"` a client authenticates before anything else: with `?token=` on the
+//! URL, or with `{"type":"auth","token":..}` as its first frame within `auth_timeout`;
+//! otherwise it is closed with 4001 before it can subscribe to anything. With `optional`, a
+//! client without a token is anonymous and may send `auth` later; a bad token is refused either
+//! way. An authenticated client is closed with 4001 when its token expires, unless it sent
+//! `{"type":"refresh","token":..}` with a newer token for the same user.
+//!
+//! Permissions: a token with a `groups` claim may subscribe only to groups matching one of its
+//! patterns; one with a `publish` claim may publish only to matching groups. Without the claim,
+//! the namespace decides (`client_publish`); a route's publish grants always apply.
+
+use std::time::SystemTime;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
+use tokio::time::Instant;
+
+use super::Session;
+use crate::auth::AuthError;
+use crate::config::AuthMode;
+use crate::group::GroupName;
+use crate::protocol::{self, ErrorCode, Incoming, Request, RequestError};
+
+impl Session {
+    /// Settles who the client is before it may do anything. An error closes it with 4001.
+    pub(super) async fn authenticate(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+        url_token: Option<String>,
+    ) -> Result<(), AuthError> {
+        let mode = self.gateway.config.auth_mode();
+        if mode == AuthMode::Off {
+            return Ok(());
+        }
+        if let Some(token) = url_token {
+            return self.accept_token(&token);
+        }
+        if mode == AuthMode::Optional {
+            return Ok(());
+        }
+        let first = tokio::time::timeout(self.gateway.config.auth_timeout, first_text(stream)).await;
+        let Ok(Some(text)) = first else { return Err(AuthError::Missing) };
+        match protocol::decode(&text) {
+            Ok(Incoming { id, request: Request::Auth { token } }) => {
+                self.accept_token(&token)?;
+                self.send(protocol::reply(id, None)).await;
+                Ok(())
+            }
+            _ => Err(AuthError::Missing),
+        }
+    }
+
+    fn accept_token(&mut self, token: &str) -> Result<(), AuthError> {
+        let verifier = self.gateway.verifier.as_ref().ok_or(AuthError::Missing)?;
+        let identity = verifier.verify(token)?;
+        if identity.expires_at <= SystemTime::now() {
+            return Err(AuthError::Expired);
+        }
+        self.info.user = identity.user.clone();
+        self.info.info = identity.info.clone();
+        tracing::debug!(user = ?identity.user, "authenticated");
+        self.identity = Some(identity);
+        Ok(())
+    }
+
+    /// `auth` after connecting (optional mode): a bad token closes the connection.
+    pub(super) fn late_auth(&mut self, token: &str) -> Result<(), RequestError> {
+        if self.gateway.config.auth_mode() != AuthMode::Optional || self.identity.is_some() {
+            let message = "auth is only accepted once, as the first frame, or later from an anonymous client when auth is optional";
+            return Err(RequestError::new(None, ErrorCode::BadRequest, message));
+        }
+        self.accept_token(token).map_err(|e| {
+            self.outbox.close(crate::protocol::close::UNAUTHORIZED);
+            RequestError::new(None, ErrorCode::Forbidden, e.to_string())
+        })
+    }
+
+    /// `refresh`: a valid newer token for the same user extends the session.
+    pub(super) fn refresh(&mut self, token: &str) -> Result<(), RequestError> {
+        let refused = |e: AuthError| RequestError::new(None, ErrorCode::Forbidden, e.to_string());
+        let Some(current) = &self.identity else {
+            return Err(RequestError::new(
+                None,
+                ErrorCode::BadRequest,
+                "not authenticated: nothing to refresh",
+            ));
+        };
+        let verifier = self.gateway.verifier.as_ref().ok_or_else(|| refused(AuthError::Missing))?;
+        let fresh = verifier.verify(token).map_err(refused)?;
+        if fresh.user != current.user {
+            return Err(refused(AuthError::OtherUser));
+        }
+        self.info.info = fresh.info.clone();
+        self.identity = Some(fresh);
+        Ok(())
+    }
+
+    /// When the token stops being valid, on the runtime's clock.
+    pub(super) fn token_expiry(&self) -> Option<Instant> {
+        let expires_at = self.identity.as_ref()?.expires_at;
+        let left = expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+        Some(Instant::now() + left)
+    }
+
+    pub(super) fn may_subscribe(&self, group: &GroupName) -> bool {
+        self.identity.as_ref().and_then(|i| i.may_subscribe(group)).unwrap_or(true)
+    }
+
+    pub(super) fn may_publish(&self, group: &GroupName) -> bool {
+        if self.grants.publish.contains(group) {
+            return true;
+        }
+        match self.identity.as_ref().and_then(|i| i.may_publish(group)) {
+            Some(allowed) => allowed,
+            None => self.gateway.config.namespace(group.namespace()).client_publish,
+        }
+    }
+}
+
+/// The first text frame, skipping control frames; `None` if the client leaves first.
+async fn first_text(stream: &mut SplitStream<WebSocket>) -> Option<String> {
+    while let Some(Ok(frame)) = stream.next().await {
+        match frame {
+            Message::Text(text) => return Some(text.to_string()),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            _ => return None,
+        }
+    }
+    None
+}
