@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herald::config::{Config, JobConfig, NamespaceConfig, Overrides};
+use herald::config::{AuthMode, Config, JobConfig, NamespaceConfig, Overrides};
 use herald::gateway::{self, Gateway};
 use herald::scheduler::Scheduler;
 use tokio_util::sync::CancellationToken;
@@ -81,20 +81,37 @@ fn load_config(cli: &Cli, command: Command) -> anyhow::Result<Config> {
             "invalid config: redis_url: this mode needs Redis (set HERALD_REDIS_URL); \
              `herald standalone` runs one instance on the in-memory broker"
         ),
-        Command::Gateway | Command::Scheduler => {}
+        // A gateway faces the internet: clients must authenticate unless the config says otherwise.
+        Command::Gateway => {
+            config.auth.get_or_insert(AuthMode::Required);
+        }
+        Command::Scheduler => {}
         Command::Standalone => {
-            // The demo chat publishes from the browser; the demo panel shows these jobs.
-            config
-                .namespaces
-                .entry("chat".into())
-                .or_insert(NamespaceConfig { client_publish: true, ..NamespaceConfig::default() });
+            config.auth.get_or_insert(AuthMode::Off);
+            // Pages served by a dev server on another local port may connect.
+            config.allowed_origins.extend(LOCAL_ORIGINS.iter().map(|o| o.to_string()));
+            // The demo chat publishes from the browser, recovers after reconnects and shows
+            // who is there; the demo panel shows the demo jobs.
+            config.namespaces.entry("chat".into()).or_insert(NamespaceConfig {
+                client_publish: true,
+                history_size: 100,
+                presence: true,
+                join_leave: true,
+                ..NamespaceConfig::default()
+            });
             if config.jobs.is_empty() {
                 config.jobs = demo_jobs();
             }
         }
     }
+    // The mode's defaults may need keys the file did not give (a gateway's auth secret).
+    config.validate()?;
     Ok(config)
 }
+
+/// Origins standalone accepts besides its own host.
+const LOCAL_ORIGINS: &[&str] =
+    &["http://localhost", "http://localhost:*", "http://127.0.0.1", "http://127.0.0.1:*", "http://[::1]:*"];
 
 /// What standalone runs when the config has no jobs: the demo page's live panel.
 fn demo_jobs() -> Vec<JobConfig> {

@@ -263,11 +263,48 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connect");
-        let mut client = Self { ws, next_id: 1, buffered: VecDeque::new(), welcome: Value::Null };
+        Self::connect_with(url, &[]).await.expect("websocket connect")
+    }
+
+    /// Connects with extra handshake headers and reads the welcome; `Err` carries the HTTP
+    /// status of a refusal.
+    pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Self, u16> {
+        let mut client = Self::open(url, headers).await?;
         client.welcome = client.read().await;
         assert_eq!(client.welcome["type"], "welcome", "first frame is the welcome");
-        client
+        Ok(client)
+    }
+
+    /// Opens the WebSocket without reading anything.
+    pub async fn open(url: &str, headers: &[(&str, &str)]) -> Result<Self, u16> {
+        Self::open_from(None, url, headers).await
+    }
+
+    /// Opens the WebSocket from a given loopback source address (127.0.0.x), or any.
+    pub async fn open_from(source: Option<&str>, url: &str, headers: &[(&str, &str)]) -> Result<Self, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let authority = request.uri().authority().unwrap().as_str().to_string();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(source) = source {
+            socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        }
+        let stream = socket.connect(authority.parse().unwrap()).await.expect("tcp connect");
+        let stream = MaybeTlsStream::Plain(stream);
+        let ws = match tokio_tungstenite::client_async(request, stream).await {
+            Ok((ws, _)) => ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                return Err(response.status().as_u16());
+            }
+            Err(e) => panic!("websocket connect: {e}"),
+        };
+        Ok(Self { ws, next_id: 1, buffered: VecDeque::new(), welcome: Value::Null })
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {

@@ -13,7 +13,7 @@ fn history_namespace(size: usize) -> NamespaceConfig {
 
 fn gateway_toml(redis: &Redis, node: &str) -> String {
     format!(
-        "redis_url = \"{}\"\nnode_id = \"{node}\"\n[namespaces.feed]\nhistory_size = 5000\nhistory_ttl = \"10m\"\n",
+        "redis_url = \"{}\"\nnode_id = \"{node}\"\nauth = \"off\"\n[namespaces.feed]\nhistory_size = 5000\nhistory_ttl = \"10m\"\n",
         redis.url()
     )
 }

@@ -10,3 +10,4 @@ mod presence;
 mod routes;
 mod scheduler;
 mod scheduler_ha;
+mod security;

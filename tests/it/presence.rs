@@ -31,7 +31,7 @@ fn id(client: &Client) -> String {
 async fn presence_spans_instances_and_a_killed_instance_leaves_no_ghosts() {
     let redis = Redis::start().await;
     let toml = format!(
-        "redis_url = \"{}\"\nnode_id = \"doomed\"\npresence_ttl = \"2s\"\n[namespaces.room]\npresence = true\n",
+        "redis_url = \"{}\"\nnode_id = \"doomed\"\nauth = \"off\"\npresence_ttl = \"2s\"\n[namespaces.room]\npresence = true\n",
         redis.url()
     );
     let mut doomed = GatewayProcess::start(&toml).await;

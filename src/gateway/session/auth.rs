@@ -25,20 +25,20 @@ use crate::group::GroupName;
 use crate::protocol::{self, ErrorCode, Incoming, Request, RequestError};
 
 impl Session {
-    /// Settles who the client is before it may do anything. An error closes it with 4001.
+    /// Settles who the client is before it may do anything, and welcomes it: a token in the
+    /// URL is checked before the welcome, an `auth` frame after it. An error closes the
+    /// connection with 4001.
     pub(super) async fn authenticate(
         &mut self,
         stream: &mut SplitStream<WebSocket>,
         url_token: Option<String>,
     ) -> Result<(), AuthError> {
         let mode = self.gateway.config.auth_mode();
-        if mode == AuthMode::Off {
-            return Ok(());
+        if let (Some(token), true) = (url_token, mode != AuthMode::Off) {
+            self.accept_token(&token)?;
         }
-        if let Some(token) = url_token {
-            return self.accept_token(&token);
-        }
-        if mode == AuthMode::Optional {
+        self.send(protocol::welcome(&self.info.client, self.gateway.node_id())).await;
+        if mode != AuthMode::Required || self.identity.is_some() {
             return Ok(());
         }
         let first = tokio::time::timeout(self.gateway.config.auth_timeout, first_text(stream)).await;

@@ -32,7 +32,7 @@ use crate::auth::Identity;
 use crate::group::GroupName;
 use crate::hub::MemberId;
 use crate::outbox::Outbox;
-use crate::protocol::{self, ClientInfo, close};
+use crate::protocol::{ClientInfo, close};
 
 /// Read buffer per connection; tungstenite grows it for larger frames.
 const READ_BUFFER: usize = 4 * 1024;
@@ -114,7 +114,6 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, grant
     };
     async move {
         tracing::debug!("connected");
-        session.send(protocol::welcome(&client, session.gateway.node_id())).await;
         match session.authenticate(&mut stream, token).await {
             Ok(()) => {
                 session.join_route_groups().await;
@@ -194,13 +193,13 @@ impl Session {
 
     /// Why the session must end now, if it must.
     fn overdue(&self) -> Option<u16> {
-        let now = Instant::now();
-        if self.token_expiry().is_some_and(|expiry| expiry <= now) {
+        if self.identity.as_ref().is_some_and(|i| i.expires_at <= std::time::SystemTime::now()) {
             tracing::debug!("token expired");
             return Some(close::UNAUTHORIZED);
         }
         let config = &self.gateway.config;
-        (self.last_seen + config.ping_interval + config.pong_timeout <= now).then_some(close::NO_PONG)
+        (self.last_seen + config.ping_interval + config.pong_timeout <= Instant::now())
+            .then_some(close::NO_PONG)
     }
 
     /// Queues a frame for this client (waiting for room; a gone client is noticed by the reader).

@@ -1,8 +1,8 @@
 //! The sending half of a session: drains the outbox into the socket.
 //!
 //! Frames already queued are written together and flushed once (one syscall for a burst). A
-//! close request wins over queued frames: a slow consumer is closed with 4008 at once, even in
-//! the middle of a write the client is not reading.
+//! close request wins over a write in progress: a slow consumer is closed with 4008 at once
+//! (its queue dropped), even in the middle of a write the client is not reading.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,7 @@ pub(super) async fn run(
     loop {
         let written = tokio::select! {
             biased;
-            code = outbox.closing() => return send_close(&mut sink, code).await,
+            code = outbox.closing() => return send_close(&mut sink, code, &mut queue).await,
             frame = queue.recv() => match frame {
                 Some(frame) => write_batch(&mut sink, frame, &mut queue, &outbox).left_future(),
                 None => return,
@@ -44,7 +44,7 @@ pub(super) async fn run(
         };
         let result = tokio::select! {
             biased;
-            code = outbox.closing() => return send_close(&mut sink, code).await,
+            code = outbox.closing() => return send_close(&mut sink, code, &mut queue).await,
             result = written => result,
         };
         if let Err(e) = result {
@@ -76,7 +76,9 @@ async fn write_batch(
     sink.flush().await
 }
 
-async fn send_close(sink: &mut Sink, code: u16) {
+/// Sends the close frame; for any close but a slow consumer's, the frames already queued (an
+/// error that explains the close, say) go first. All within [`CLOSE_SEND_TIMEOUT`].
+async fn send_close(sink: &mut Sink, code: u16, queue: &mut mpsc::Receiver<Utf8Bytes>) {
     let reason = match code {
         close::TOO_LARGE => "frame too large",
         close::UNAUTHORIZED => "unauthorized",
@@ -87,5 +89,13 @@ async fn send_close(sink: &mut Sink, code: u16) {
         _ => "",
     };
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+    let send = async {
+        if code != close::SLOW_CONSUMER {
+            while let Ok(queued) = queue.try_recv() {
+                sink.feed(Message::Text(queued)).await?;
+            }
+        }
+        sink.send(Message::Close(Some(frame))).await
+    };
+    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, send).await;
 }
