@@ -514,6 +514,14 @@ impl Process {
         Self { child: Some(child), config, log }
     }
 
+    /// Resident memory of the process, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
     /// SIGKILLs the process.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

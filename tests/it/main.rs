@@ -1,5 +1,6 @@
 //! Integration tests: real redis-server processes, gateways on port 0, real WebSocket clients.
 
+mod abuse;
 mod bad_input;
 mod delivery;
 mod faults;
@@ -7,6 +8,7 @@ mod harness;
 mod history;
 mod http_api;
 mod presence;
+mod properties;
 mod routes;
 mod scheduler;
 mod scheduler_ha;
