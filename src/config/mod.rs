@@ -87,6 +87,9 @@ pub struct Config {
     /// How long past a ping a silent client is kept before it is closed.
     #[serde(with = "humantime_serde")]
     pub pong_timeout: Duration,
+    /// On shutdown, clients are closed (1012) one by one over this period.
+    #[serde(with = "humantime_serde")]
+    pub drain_period: Duration,
     /// Per-namespace policy, keyed by namespace (the group name before its first `.`).
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// How long presence entries of an instance outlive its last heartbeat (so a crashed
@@ -126,6 +129,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(10),
+            drain_period: Duration::from_secs(10),
             namespaces: BTreeMap::new(),
             presence_ttl: Duration::from_secs(30),
             routes: Vec::new(),

@@ -127,6 +127,10 @@ impl FromRequestParts<Arc<Gateway>> for Admitted {
                 return Err(ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message));
             }
         }
+        if gateway.is_draining() {
+            let message = "this instance is shutting down: connect to another";
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message));
+        }
         let Query(TokenQuery { token }) = Query::<TokenQuery>::from_request_parts(parts, gateway)
             .await
             .map_err(|e| ApiError::bad_request(ErrorCode::BadRequest, e.body_text()))?;

@@ -1,47 +1,54 @@
 //! The gateway: an axum server that holds client WebSockets and fans group messages out to them.
 //!
-//! [`Gateway`] is the state every handler shares: config, the [`Hub`], this node's id and the
-//! shutdown token. [`serve`] runs the HTTP server on a listener the caller bound, until the
-//! token is cancelled; sessions then close with 1012 and `serve` returns once they are gone.
+//! [`Gateway`] is the state every handler shares: config, the [`Hub`], this node's id, the live
+//! sessions and the shutdown token. [`serve`] runs the HTTP server on a listener the caller
+//! bound, until the token is cancelled; it then drains (see [`server`]) and returns once every
+//! session is gone.
 
 mod admission;
 mod api;
 mod demo;
 mod presence;
 mod routes;
+mod server;
 mod session;
 
+pub use server::serve;
+
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use axum::Router;
-use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::value::RawValue;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use crate::StartError;
 use crate::auth::Verifier;
 use crate::broker::{self, Broker, BrokerError};
 use crate::config::{Config, ConfigError};
 use crate::group::GroupName;
-use crate::hub::{Hub, Registry};
+use crate::hub::{Hub, MemberId, Registry};
+use crate::outbox::Outbox;
 
 /// Shared state of one gateway instance.
 pub struct Gateway {
     config: Config,
     hub: Hub,
     next_session: AtomicU64,
+    /// Cancelled by the caller to begin a graceful shutdown (drain).
     shutdown: CancellationToken,
+    /// Cancelled by `serve` once drained: stops the broker and background tasks, which must
+    /// keep delivering while clients are being moved away.
+    stopped: CancellationToken,
+    /// Set when draining begins: `/readyz` then answers 503.
+    draining: AtomicBool,
     /// Live WebSocket sessions, so `serve` can wait for them to close on shutdown.
     sessions: TaskTracker,
+    /// The outbox of every live session, so the drain can close them one by one.
+    live: Mutex<HashMap<MemberId, Arc<Outbox>>>,
     routes: Vec<Arc<routes::CompiledRoute>>,
     /// This instance's presence entries, refreshed in the broker by a heartbeat.
     presence: presence::LocalPresence,
@@ -52,7 +59,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// Builds the instance with the broker its config names (Redis, or in-memory when
-    /// `redis_url` is unset). Cancelling `shutdown` stops the broker and every session.
+    /// `redis_url` is unset). Cancelling `shutdown` makes [`serve`] drain and return.
     pub fn new(config: Config, shutdown: CancellationToken) -> Result<Arc<Self>, StartError> {
         config.validate()?;
         let routes = config
@@ -63,13 +70,14 @@ impl Gateway {
         let verifier =
             Verifier::from_config(&config).map_err(|e| ConfigError(format!("auth_public_key_file: {e}")))?;
         let admission = admission::Admission::new(&config);
+        let stopped = CancellationToken::new();
         let registry = Registry::new();
         let broker: Arc<dyn Broker> = match &config.redis_url {
             Some(url) => Arc::new(broker::redis::RedisBroker::start(
                 url,
                 &config.redis_prefix,
                 registry.clone(),
-                shutdown.clone(),
+                stopped.clone(),
             )?),
             None => Arc::new(broker::memory::MemoryBroker::new(registry.clone())),
         };
@@ -79,7 +87,10 @@ impl Gateway {
             hub,
             next_session: AtomicU64::new(1),
             shutdown,
+            stopped,
+            draining: AtomicBool::new(false),
             sessions: TaskTracker::new(),
+            live: Mutex::default(),
             routes,
             presence: presence::LocalPresence::default(),
             verifier,
@@ -99,8 +110,20 @@ impl Gateway {
         &self.hub
     }
 
-    fn next_session_id(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
+    /// Registers a new session's outbox and returns its id.
+    fn open_session(&self, outbox: &Arc<Outbox>) -> MemberId {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        self.live.lock().unwrap_or_else(PoisonError::into_inner).insert(id, outbox.clone());
+        id
+    }
+
+    fn close_session(&self, id: MemberId) {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+    }
+
+    /// Whether the instance is draining (shutting down).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Publishes `data` to `group` (with history where its namespace keeps one): one broker
@@ -109,55 +132,6 @@ impl Gateway {
         let history = self.config.namespace(group.namespace()).history();
         self.hub.broker().publish(group, data, history).await
     }
-}
-
-/// Serves HTTP and WebSockets on `listener` until the gateway's shutdown token is cancelled,
-/// then waits for every session to close.
-///
-/// The accept loop is hyper's own rather than `axum::serve`, for one setting axum does not
-/// expose: a header read timeout (`handshake_timeout`), so a client that opens a connection and
-/// never finishes its request (slowloris) is dropped instead of holding a socket forever.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> std::io::Result<()> {
-    let shutdown = gateway.shutdown.clone();
-    tokio::spawn(presence::heartbeat(gateway.clone()));
-    let app = router(gateway.clone());
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(gateway.config.handshake_timeout);
-    let builder = builder.http1_only();
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, most likely: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request)
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    // Keep-alive HTTP connections finish their requests; upgraded sockets are sessions.
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
-    gateway.sessions.close();
-    gateway.sessions.wait().await;
-    Ok(())
 }
 
 fn router(gateway: Arc<Gateway>) -> Router {

@@ -40,13 +40,13 @@ impl LocalPresence {
     }
 }
 
-/// Refreshes every local entry a few times per TTL until the gateway shuts down.
+/// Refreshes every local entry a few times per TTL until the gateway has stopped.
 pub(super) async fn heartbeat(gateway: Arc<Gateway>) {
     let ttl = gateway.config.presence_ttl;
     let mut tick = tokio::time::interval(ttl / 3);
     loop {
         tokio::select! {
-            _ = gateway.shutdown.cancelled() => return,
+            _ = gateway.stopped.cancelled() => return,
             _ = tick.tick() => {}
         }
         for (group, clients) in gateway.presence.snapshot() {

@@ -49,6 +49,7 @@ async fn a_slow_consumer_is_closed_with_4008_while_a_fast_one_gets_everything() 
     let mut config = config(Some(&redis), "gw-1");
     config.outbound_queue = 8;
     config.max_frame_bytes = 512 * 1024;
+    config.outbound_queue_bytes = 2 * 1024 * 1024;
     let node = Node::ready(config).await;
     let mut slow = node.client().await;
     slow.subscribe("firehose").await;
@@ -64,6 +65,14 @@ async fn a_slow_consumer_is_closed_with_4008_while_a_fast_one_gets_everything() 
         }
         fast
     });
+    // The slow client reads, but a frame every 50 ms: far behind the publisher.
+    let slow = tokio::spawn(async move {
+        while let Some(frame) = slow.try_recv().await {
+            assert_eq!(frame["type"], "message");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        slow
+    });
     for seq in 0..COUNT {
         let body = json!({"group": "firehose", "data": {"seq": seq, "pad": payload}}).to_string();
         assert_eq!(http(node.addr, "POST", "/api/publish", &[], &body).await.0, 200);
@@ -71,16 +80,59 @@ async fn a_slow_consumer_is_closed_with_4008_while_a_fast_one_gets_everything() 
     let mut fast = tokio::time::timeout(Duration::from_secs(60), reader).await.expect("fast reader").unwrap();
     fast.assert_no_message().await;
 
-    assert_eq!(slow.close_code().await, 4008);
+    let slow = tokio::time::timeout(Duration::from_secs(60), slow).await.expect("slow reader").unwrap();
+    assert_eq!(slow.last_close_code(), Some(4008));
 }
 
 #[tokio::test]
-async fn stopping_a_gateway_closes_its_clients_with_1012() {
-    let node = Node::ready(config(None, "solo")).await;
-    let mut a = node.client().await;
-    let mut b = node.client().await;
-    a.subscribe("g").await;
-    node.stop().await;
-    assert_eq!(a.close_code().await, 1012);
-    assert_eq!(b.close_code().await, 1012);
+async fn a_stopping_gateway_drains_its_clients_over_the_drain_period_to_another_instance() {
+    let redis = Redis::start().await;
+    let mut draining = config(Some(&redis), "gw-a");
+    draining.drain_period = Duration::from_secs(2);
+    let a = Node::ready(draining).await;
+    let b = Node::ready(config(Some(&redis), "gw-b")).await;
+    let a_addr = a.addr;
+    let mut watchers = Vec::new();
+    let started = tokio::time::Instant::now();
+    for _ in 0..20 {
+        let mut client = a.client().await;
+        client.subscribe("moving").await;
+        watchers.push(tokio::spawn(async move { (client.close_code().await, started.elapsed()) }));
+    }
+    let stopping = tokio::spawn(a.stop());
+    eventually("readyz says 503 while draining", || async {
+        http(a_addr, "GET", "/readyz", &[], "").await.0 == 503
+    })
+    .await;
+    let refused = crate::harness::Client::open(&format!("ws://{a_addr}/ws"), &[]).await;
+    assert_eq!(refused.err(), Some(503), "no new sessions while draining");
+
+    let mut closed_at = Vec::new();
+    for watcher in watchers {
+        let (code, at) = watcher.await.unwrap();
+        assert_eq!(code, 1012);
+        closed_at.push(at);
+    }
+    stopping.await.unwrap();
+    let (first, last) = (closed_at.iter().min().unwrap(), closed_at.iter().max().unwrap());
+    assert!(
+        *last - *first >= Duration::from_millis(1000),
+        "closes spread over the period: {first:?} .. {last:?}"
+    );
+    assert!(
+        *last <= Duration::from_secs(2) + Duration::from_secs(5),
+        "all closed within the period (with slack): {last:?}"
+    );
+
+    // Each reconnects to the other instance and keeps receiving.
+    let mut moved = Vec::new();
+    for _ in 0..20 {
+        let mut client = b.client().await;
+        client.subscribe("moving").await;
+        moved.push(client);
+    }
+    assert_eq!(b.publish("moving", json!("here")).await.0, 200);
+    for client in &mut moved {
+        assert_eq!(client.message().await.1, json!("here"));
+    }
 }

@@ -155,6 +155,7 @@ pub fn config(redis: Option<&Redis>, node_id: &str) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         redis_url: redis.map(Redis::url),
         node_id: node_id.into(),
+        drain_period: Duration::from_millis(300),
         ..Config::default()
     }
 }
@@ -256,6 +257,8 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Client {
     ws: Socket,
     next_id: u64,
+    /// The code of the close frame that ended [`Client::try_recv`], if one did.
+    closed_with: Option<u16>,
     /// Frames read while waiting for something else (a reply), in arrival order.
     buffered: VecDeque<Value>,
     pub welcome: Value,
@@ -304,7 +307,7 @@ impl Client {
             }
             Err(e) => panic!("websocket connect: {e}"),
         };
-        Ok(Self { ws, next_id: 1, buffered: VecDeque::new(), welcome: Value::Null })
+        Ok(Self { ws, next_id: 1, closed_with: None, buffered: VecDeque::new(), welcome: Value::Null })
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
@@ -339,6 +342,10 @@ impl Client {
             match tokio::time::timeout(WAIT, self.ws.next()).await.expect("frame in time") {
                 Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(&text).expect("JSON")),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(frame))) => {
+                    self.closed_with = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                    return None;
+                }
                 _ => return None,
             }
         }
@@ -399,6 +406,11 @@ impl Client {
         let answer = self.request(json!({"type": "ping"})).await;
         assert_eq!(answer["type"], "reply");
         assert!(self.buffered.is_empty(), "unexpected frames: {:?}", self.buffered);
+    }
+
+    /// The close code that ended [`Client::try_recv`], if the server sent one.
+    pub fn last_close_code(&self) -> Option<u16> {
+        self.closed_with
     }
 
     /// Reads until the server's close frame and returns its code (text frames are skipped).

@@ -92,12 +92,18 @@ async fn require_access(
     }
 }
 
+/// 200 while the instance can serve: its broker is usable and it is not draining.
 async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
-    if gateway.hub.broker().is_ready() {
-        Json(json!({"status": "ready"})).into_response()
+    let unready = |reason: &str| {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": reason})))
+            .into_response()
+    };
+    if gateway.is_draining() {
+        unready("shutting down")
+    } else if !gateway.hub.broker().is_ready() {
+        unready("broker is not connected")
     } else {
-        let body = Json(json!({"status": "unavailable", "reason": "broker is not connected"}));
-        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+        Json(json!({"status": "ready"})).into_response()
     }
 }
 

@@ -89,12 +89,12 @@ pub(super) struct Session {
 
 async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, grants: Grants) {
     let Admitted { peer, token, slot: _slot } = admitted;
-    let id = gateway.next_session_id();
-    let client = format!("{}-{id}", gateway.node_id());
-    let span = tracing::info_span!("session", %client, %peer);
     let config = &gateway.config;
     let (outbox, queue) = Outbox::new(config.outbound_queue, config.outbound_queue_bytes);
     let outbox = Arc::new(outbox);
+    let id = gateway.open_session(&outbox);
+    let client = format!("{}-{id}", gateway.node_id());
+    let span = tracing::info_span!("session", %client, %peer);
     let (sink, mut stream) = socket.split();
     let writer = writer::run(sink, queue, outbox.clone(), config.ping_interval);
     let writer = tokio::spawn(writer.instrument(span.clone()));
@@ -125,6 +125,7 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, grant
             }
         }
         session.leave_all().await;
+        session.gateway.close_session(session.id);
         let code = session.outbox.close_requested();
         let _ = writer.await;
         drain_until_closed(stream).await;
@@ -144,16 +145,11 @@ impl Session {
     /// Reads and dispatches frames until the client leaves, a close is asked for, the token
     /// expires, or the client stops answering pings.
     async fn read(&mut self, stream: &mut SplitStream<WebSocket>) {
-        let shutdown = self.gateway.shutdown.clone();
         let deadline = tokio::time::sleep_until(self.deadline());
         tokio::pin!(deadline);
         loop {
             let frame = tokio::select! {
                 _ = self.outbox.closing() => break,
-                _ = shutdown.cancelled() => {
-                    self.outbox.close(close::RESTARTING);
-                    break;
-                }
                 _ = &mut deadline => {
                     if let Some(code) = self.overdue() {
                         self.outbox.close(code);
