@@ -24,6 +24,7 @@
 //! - [`broker`]: the [`broker::Broker`] contract, in-memory and Redis implementations.
 //! - [`hub`]: group membership and fan-out to local sessions.
 //! - [`outbox`]: each client's bounded outbound queue and close signal.
+//! - [`metrics`]: every exported metric, in one place.
 //! - [`gateway`]: the axum server, WebSocket sessions, HTTP API, demo page.
 //! - [`scheduler`]: jobs that publish on a schedule, leader election between replicas.
 //! - [`shutdown`]: signal handling, for `main` only.
@@ -38,6 +39,7 @@ pub mod config;
 pub mod gateway;
 pub mod group;
 pub mod hub;
+pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod scheduler;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald::config::{AuthMode, Config, JobConfig, NamespaceConfig, Overrides};
 use herald::gateway::{self, Gateway};
+use herald::metrics::Metrics;
 use herald::scheduler::Scheduler;
 use tokio_util::sync::CancellationToken;
 
@@ -137,7 +138,7 @@ async fn run_gateway(config: Config, with_scheduler: bool) -> anyhow::Result<()>
     let scheduler_config = with_scheduler.then(|| config.clone());
     let gateway = Gateway::new(config, shutdown.clone()).context("cannot start the gateway")?;
     if let Some(config) = scheduler_config {
-        let scheduler = Scheduler::in_process(&config, gateway.hub().publisher())
+        let scheduler = Scheduler::in_process(&config, gateway.hub().publisher(), gateway.metrics().clone())
             .context("cannot start the scheduler")?;
         tokio::spawn(Arc::new(scheduler).run(shutdown));
     }
@@ -145,12 +146,20 @@ async fn run_gateway(config: Config, with_scheduler: bool) -> anyhow::Result<()>
     gateway::serve(listener, gateway).await.context("server failed")
 }
 
-/// A scheduler replica on Redis; runs until SIGTERM, then releases its lease.
+/// A scheduler replica on Redis, with `/healthz` and `/metrics` on `listen`; runs until
+/// SIGTERM, then releases its lease.
 async fn run_scheduler(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     herald::shutdown::on_signal(shutdown.clone());
     let url = config.redis_url.clone().context("redis_url is required")?;
-    let scheduler = Scheduler::on_redis(&config, &url).context("cannot start the scheduler")?;
+    let listen = config.listen;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let metrics = Arc::new(Metrics::default());
+    let scheduler =
+        Scheduler::on_redis(&config, &url, metrics.clone()).context("cannot start the scheduler")?;
+    tokio::spawn(herald::scheduler::serve_status(listener, metrics, shutdown.clone()));
+    tracing::info!(%listen, "scheduler status on http://{listen}/healthz and /metrics");
     Arc::new(scheduler).run(shutdown).await;
     Ok(())
 }

@@ -14,8 +14,8 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::{
-    Answer, Broker, HistoryPolicy, HistorySlice, Position, Publisher, Sink, Subscription, new_epoch,
-    publish_plain,
+    Answer, Broker, HistoryPolicy, HistorySlice, NodeInfo, Position, Publisher, Sink, Subscription,
+    new_epoch, publish_plain,
 };
 use crate::group::GroupName;
 use crate::protocol::{ClientInfo, MessageParts};
@@ -24,6 +24,8 @@ pub struct MemoryBroker {
     sink: Arc<dyn Sink>,
     histories: Mutex<HashMap<GroupName, History>>,
     presence: Mutex<HashMap<GroupName, BTreeMap<String, ClientInfo>>>,
+    /// The one node there is, once announced.
+    node: Mutex<Option<NodeInfo>>,
 }
 
 struct History {
@@ -35,7 +37,7 @@ struct History {
 
 impl MemoryBroker {
     pub fn new(sink: Arc<dyn Sink>) -> Self {
-        Self { sink, histories: Mutex::default(), presence: Mutex::default() }
+        Self { sink, histories: Mutex::default(), presence: Mutex::default(), node: Mutex::default() }
     }
 }
 
@@ -161,5 +163,15 @@ impl Broker for MemoryBroker {
         let clients =
             lock(&self.presence).get(group).map(|e| e.values().cloned().collect()).unwrap_or_default();
         Box::pin(std::future::ready(Ok(clients)))
+    }
+
+    fn announce<'a>(&'a self, node: &'a NodeInfo, _ttl: Duration) -> Answer<'a, ()> {
+        *lock(&self.node) = Some(node.clone());
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn nodes(&self) -> Answer<'_, Vec<NodeInfo>> {
+        let nodes = lock(&self.node).iter().cloned().collect();
+        Box::pin(std::future::ready(Ok(nodes)))
     }
 }

@@ -87,6 +87,18 @@ impl HistorySlice {
     }
 }
 
+/// A gateway instance as the cluster sees it (`GET /api/info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    pub node: String,
+    pub version: String,
+    /// Unix seconds.
+    pub started_at: u64,
+    pub connections: u64,
+    pub subscriptions: u64,
+    pub groups: u64,
+}
+
 /// A fresh random epoch; a broker proposes one with every write that may start a history.
 pub fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -167,6 +179,12 @@ pub trait Broker: Publisher {
 
     /// Every live presence entry of `group`, across instances.
     fn presence<'a>(&'a self, group: &'a GroupName) -> Answer<'a, Vec<ClientInfo>>;
+
+    /// Announces this instance to the cluster for `ttl`.
+    fn announce<'a>(&'a self, node: &'a NodeInfo, ttl: Duration) -> Answer<'a, ()>;
+
+    /// Every instance announced within its TTL.
+    fn nodes(&self) -> Answer<'_, Vec<NodeInfo>>;
 }
 
 /// Resolves once the broker confirms a subscription. Cheap to clone: every member that joins a

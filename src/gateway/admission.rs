@@ -75,6 +75,11 @@ impl Admission {
         Ok(())
     }
 
+    /// WebSocket connections currently held.
+    pub fn connections(&self) -> usize {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner).total
+    }
+
     fn release(&self, ip: IpAddr) {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         counts.total -= 1;
@@ -174,6 +179,6 @@ mod tests {
         assert_eq!(a.reserve(ip2).unwrap_err().status(), StatusCode::SERVICE_UNAVAILABLE);
         a.release(ip1);
         a.reserve(ip2).unwrap();
-        assert_eq!(a.counts.lock().unwrap().total, 3);
+        assert_eq!(a.connections(), 3);
     }
 }

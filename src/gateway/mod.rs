@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use serde_json::value::RawValue;
@@ -27,10 +28,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::StartError;
 use crate::auth::Verifier;
-use crate::broker::{self, Broker, BrokerError};
+use crate::broker::{self, Broker, BrokerError, NodeInfo};
 use crate::config::{Config, ConfigError};
 use crate::group::GroupName;
 use crate::hub::{Hub, MemberId, Registry};
+use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 
 /// Shared state of one gateway instance.
@@ -55,6 +57,9 @@ pub struct Gateway {
     /// Verifies client tokens; `None` when no key is configured.
     verifier: Option<Verifier>,
     admission: admission::Admission,
+    metrics: Arc<Metrics>,
+    /// Unix seconds at start, for `GET /api/info`.
+    started_at: u64,
 }
 
 impl Gateway {
@@ -71,13 +76,15 @@ impl Gateway {
             Verifier::from_config(&config).map_err(|e| ConfigError(format!("auth_public_key_file: {e}")))?;
         let admission = admission::Admission::new(&config);
         let stopped = CancellationToken::new();
-        let registry = Registry::new();
+        let metrics = Arc::new(Metrics::default());
+        let registry = Registry::new(metrics.clone());
         let broker: Arc<dyn Broker> = match &config.redis_url {
             Some(url) => Arc::new(broker::redis::RedisBroker::start(
                 url,
                 &config.redis_prefix,
                 registry.clone(),
                 stopped.clone(),
+                metrics.clone(),
             )?),
             None => Arc::new(broker::memory::MemoryBroker::new(registry.clone())),
         };
@@ -95,6 +102,8 @@ impl Gateway {
             presence: presence::LocalPresence::default(),
             verifier,
             admission,
+            metrics,
+            started_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         }))
     }
 
@@ -110,6 +119,11 @@ impl Gateway {
         &self.hub
     }
 
+    /// This instance's metrics, shared with an in-process scheduler.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Registers a new session's outbox and returns its id.
     fn open_session(&self, outbox: &Arc<Outbox>) -> MemberId {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
@@ -121,6 +135,18 @@ impl Gateway {
         self.live.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
     }
 
+    /// This instance as the cluster sees it.
+    pub fn node_info(&self) -> NodeInfo {
+        NodeInfo {
+            node: self.config.node_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: self.started_at,
+            connections: self.admission.connections() as u64,
+            subscriptions: self.metrics.subscriptions.get().max(0) as u64,
+            groups: self.hub.registry().group_count() as u64,
+        }
+    }
+
     /// Whether the instance is draining (shutting down).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
@@ -130,7 +156,14 @@ impl Gateway {
     /// operation, the frame encoded once.
     pub async fn publish(&self, group: &GroupName, data: &RawValue) -> Result<(), BrokerError> {
         let history = self.config.namespace(group.namespace()).history();
-        self.hub.broker().publish(group, data, history).await
+        let published = self.hub.broker().publish(group, data, history).await;
+        match &published {
+            Ok(()) => {
+                self.metrics.messages_in.inc();
+            }
+            Err(_) => self.metrics.dropped("publish_failed"),
+        }
+        published
     }
 }
 

@@ -1,8 +1,10 @@
-//! This instance's presence entries and the heartbeat that keeps them alive in the broker.
+//! This instance's presence entries, and the heartbeat that keeps them and the instance's own
+//! announcement alive in the broker.
 //!
 //! Entries are written when a client joins a group with presence and removed when it leaves;
 //! the heartbeat re-adds every local entry each third of `presence_ttl`, so they survive in
-//! the broker exactly as long as this instance does (and come back after a Redis restart).
+//! the broker exactly as long as this instance does (and come back after a Redis restart). The
+//! same beat announces the instance and its counts for `GET /api/info`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -40,7 +42,8 @@ impl LocalPresence {
     }
 }
 
-/// Refreshes every local entry a few times per TTL until the gateway has stopped.
+/// Refreshes every local entry and the node's announcement a few times per TTL until the
+/// gateway has stopped.
 pub(super) async fn heartbeat(gateway: Arc<Gateway>) {
     let ttl = gateway.config.presence_ttl;
     let mut tick = tokio::time::interval(ttl / 3);
@@ -48,6 +51,9 @@ pub(super) async fn heartbeat(gateway: Arc<Gateway>) {
         tokio::select! {
             _ = gateway.stopped.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if let Err(e) = gateway.hub.broker().announce(&gateway.node_info(), ttl).await {
+            tracing::warn!(error = %e, "node announcement failed");
         }
         for (group, clients) in gateway.presence.snapshot() {
             if let Err(e) = gateway.hub.broker().presence_set(&group, &clients, ttl).await {

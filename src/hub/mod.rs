@@ -23,6 +23,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use crate::broker::{Broker, BrokerError, Publisher, Sink, Subscription};
 use crate::group::GroupName;
+use crate::metrics::{Metrics, Reason};
 use crate::outbox::Outbox;
 use crate::protocol::frame_position;
 
@@ -54,12 +55,14 @@ type Shard = HashMap<GroupName, Group>;
 pub struct Registry {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
+    /// Counts frames queued and dropped by fan-out.
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
-    pub fn new() -> Arc<Self> {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
-        Arc::new(Self { shards, hasher: RandomState::new() })
+        Arc::new(Self { shards, hasher: RandomState::new(), metrics })
     }
 
     fn shard(&self, group: &str) -> MutexGuard<'_, Shard> {
@@ -80,13 +83,16 @@ impl Sink for Registry {
         let Some(group) = shard.get(group) else { return };
         // Parsed once per message; only gated members look at it.
         let position = frame_position(&frame);
+        let mut dropped = 0;
         for member in group.members.values() {
             match &member.gate {
-                None => {
-                    member.outbox.push(frame.clone());
-                }
+                None => dropped += u64::from(!member.outbox.push(frame.clone())),
                 Some(gate) => gate.offer(position, frame.clone(), &member.outbox),
             }
+        }
+        self.metrics.messages_out.inc_by(group.members.len() as u64 - dropped);
+        if dropped > 0 {
+            self.metrics.drops.get_or_create(&Reason { reason: "slow_consumer" }).inc_by(dropped);
         }
     }
 }
@@ -175,7 +181,7 @@ mod tests {
     use serde_json::value::RawValue;
 
     use crate::broker::memory::MemoryBroker;
-    use crate::broker::{Answer, HistoryPolicy, HistorySlice};
+    use crate::broker::{Answer, HistoryPolicy, HistorySlice, NodeInfo};
     use crate::protocol::ClientInfo;
 
     use super::*;
@@ -231,11 +237,17 @@ mod tests {
         fn presence<'a>(&'a self, g: &'a GroupName) -> Answer<'a, Vec<ClientInfo>> {
             self.inner.presence(g)
         }
+        fn announce<'a>(&'a self, n: &'a NodeInfo, t: Duration) -> Answer<'a, ()> {
+            self.inner.announce(n, t)
+        }
+        fn nodes(&self) -> Answer<'_, Vec<NodeInfo>> {
+            self.inner.nodes()
+        }
     }
 
     #[tokio::test]
     async fn first_join_subscribes_last_leave_unsubscribes_and_fanout_shares_frames() {
-        let registry = Registry::new();
+        let registry = Registry::new(Arc::default());
         let inner = MemoryBroker::new(registry.clone());
         let broker = Arc::new(CountingBroker {
             inner,

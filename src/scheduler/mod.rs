@@ -14,10 +14,9 @@ pub mod coordinator;
 mod job;
 mod lease;
 mod source;
+mod status;
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -26,37 +25,22 @@ use tokio_util::sync::CancellationToken;
 
 pub use job::{Job, Schedule};
 pub use source::SourceError;
+pub use status::serve_status;
 
 use crate::StartError;
 use crate::broker::Publisher;
 use crate::broker::redis::{RedisPublisher, pool};
 use crate::config::{Config, ConfigError};
+use crate::metrics::{self, Metrics};
 use coordinator::{Coordinator, MemoryCoordinator, RedisCoordinator};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use source::FetchContext;
-
-/// Per-job counters (the metrics endpoint and the tests read them).
-#[derive(Default)]
-pub struct JobStats {
-    /// Ticks this replica claimed and ran.
-    pub runs: AtomicU64,
-    pub published: AtomicU64,
-    /// Runs that failed: source error, timeout, or Redis unreachable.
-    pub failures: AtomicU64,
-    /// Ticks skipped because the previous run was still going.
-    pub skipped_overlap: AtomicU64,
-    /// Runs not published because the data had not changed (`on_change_only`).
-    pub skipped_unchanged: AtomicU64,
-}
-
-impl JobStats {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 pub struct Scheduler {
     jobs: Vec<Arc<Job>>,
-    stats: HashMap<String, Arc<JobStats>>,
+    /// Runs, publishes, failures and skips per job.
+    metrics: Arc<Metrics>,
     publisher: Arc<dyn Publisher>,
     coordinator: Arc<dyn Coordinator>,
     /// This replica's lease identity: node id plus a random suffix, unique per process.
@@ -68,27 +52,32 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// A scheduler process on Redis: publishes and coordinates through one command pool.
-    pub fn on_redis(config: &Config, url: &str) -> Result<Self, StartError> {
+    pub fn on_redis(config: &Config, url: &str, metrics: Arc<Metrics>) -> Result<Self, StartError> {
         let pool = pool(url)?;
         let publisher = Arc::new(RedisPublisher::new(pool.clone(), &config.redis_prefix));
         let coordinator = Arc::new(RedisCoordinator::new(pool, &config.redis_prefix));
-        Self::new(config, publisher, coordinator)
+        Self::new(config, publisher, coordinator, metrics)
     }
 
     /// A scheduler inside a gateway process: publishes through the gateway's broker, and
     /// coordinates through Redis when there is one (else it is the only replica).
-    pub fn in_process(config: &Config, publisher: Arc<dyn Publisher>) -> Result<Self, StartError> {
+    pub fn in_process(
+        config: &Config,
+        publisher: Arc<dyn Publisher>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StartError> {
         let coordinator: Arc<dyn Coordinator> = match &config.redis_url {
             Some(url) => Arc::new(RedisCoordinator::new(pool(url)?, &config.redis_prefix)),
             None => Arc::new(MemoryCoordinator::default()),
         };
-        Self::new(config, publisher, coordinator)
+        Self::new(config, publisher, coordinator, metrics)
     }
 
     pub fn new(
         config: &Config,
         publisher: Arc<dyn Publisher>,
         coordinator: Arc<dyn Coordinator>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, StartError> {
         config.validate()?;
         // Validated above, so compiling cannot fail here; the error path stays anyway.
@@ -101,14 +90,13 @@ impl Scheduler {
                 Ok::<_, ConfigError>(Arc::new(job))
             })
             .collect::<Result<_, _>>()?;
-        let stats = jobs.iter().map(|j| (j.name.clone(), Arc::default())).collect();
         let http = reqwest::Client::builder()
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| StartError::Other(format!("http client: {e}")))?;
         Ok(Self {
             jobs,
-            stats,
+            metrics,
             publisher,
             coordinator,
             holder: format!("{}-{:08x}", config.node_id, rand::random::<u32>()),
@@ -118,9 +106,17 @@ impl Scheduler {
         })
     }
 
-    /// This replica's counters for `job`.
-    pub fn stats(&self, job: &str) -> Option<&JobStats> {
-        self.stats.get(job).map(|s| &**s)
+    /// This replica's metrics (the job counters among them).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn count(&self, family: &Family<metrics::Job, Counter>, job: &Job) {
+        family.get_or_create(&metrics::Job { job: job.name.clone() }).inc();
+    }
+
+    fn count_skip(&self, job: &Job, reason: &'static str) {
+        self.metrics.job_skipped.get_or_create(&metrics::JobSkip { job: job.name.clone(), reason }).inc();
     }
 
     /// Competes for leadership and runs the jobs while leading, until `shutdown`; then stops
@@ -150,7 +146,6 @@ impl Scheduler {
         mut leader: watch::Receiver<bool>,
         stop: CancellationToken,
     ) {
-        let stats = self.stats[&job.name].clone();
         let mut running: Option<JoinHandle<()>> = None;
         let mut earliest = 0i64;
         'terms: loop {
@@ -182,7 +177,7 @@ impl Scheduler {
                 }
                 earliest = tick + 1;
                 if running.as_ref().is_some_and(|run| !run.is_finished()) {
-                    JobStats::bump(&stats.skipped_overlap);
+                    self.count_skip(&job, "overlap");
                     tracing::warn!(job = %job.name, tick, "previous run still going; tick skipped");
                     continue;
                 }
@@ -196,9 +191,8 @@ impl Scheduler {
 
     /// Claims the tick, fetches the data and publishes it.
     async fn run_tick(self: Arc<Self>, job: Arc<Job>, tick: i64) {
-        let stats = &self.stats[&job.name];
         let fail = |error: &dyn std::fmt::Display| {
-            JobStats::bump(&stats.failures);
+            self.count(&self.metrics.job_failures, &job);
             tracing::warn!(job = %job.name, tick, %error, "job run failed; nothing published for this tick");
         };
         // Keep the claim well past the time any replica could still run this tick.
@@ -208,7 +202,7 @@ impl Scheduler {
             Ok(false) => return tracing::debug!(job = %job.name, tick, "tick already run by another replica"),
             Err(e) => return fail(&e),
         }
-        JobStats::bump(&stats.runs);
+        self.count(&self.metrics.job_runs, &job);
         let ctx = FetchContext { http: &self.http, tick_ms: tick, max_bytes: self.max_bytes };
         let data = match tokio::time::timeout(job.timeout, job.source.fetch(&ctx)).await {
             Ok(Ok(data)) => data,
@@ -218,7 +212,7 @@ impl Scheduler {
         if job.on_change_only {
             match self.coordinator.last_data(&job.name).await {
                 Ok(Some(last)) if last == data.get() => {
-                    JobStats::bump(&stats.skipped_unchanged);
+                    self.count_skip(&job, "unchanged");
                     return tracing::debug!(job = %job.name, tick, "data unchanged; not published");
                 }
                 Ok(_) => {}
@@ -228,7 +222,7 @@ impl Scheduler {
         if let Err(e) = self.publisher.publish(&job.group, &data, job.history).await {
             return fail(&e);
         }
-        JobStats::bump(&stats.published);
+        self.count(&self.metrics.job_published, &job);
         tracing::debug!(job = %job.name, tick, group = %job.group, "published");
         if job.on_change_only {
             // If this fails the next tick publishes the same data again: a repeat, never a loss.

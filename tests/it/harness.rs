@@ -12,7 +12,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use herald::config::Config;
 use herald::gateway::{self, Gateway};
-use herald::scheduler::{JobStats, Scheduler};
+use herald::metrics::Metrics;
+use herald::scheduler::Scheduler;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -446,15 +447,16 @@ pub struct InProcessScheduler {
 impl InProcessScheduler {
     pub fn start(config: &Config) -> Self {
         let url = config.redis_url.as_deref().expect("scheduler tests use redis");
-        let scheduler = Arc::new(Scheduler::on_redis(config, url).expect("valid scheduler config"));
+        let metrics = Arc::new(Metrics::default());
+        let scheduler = Arc::new(Scheduler::on_redis(config, url, metrics).expect("valid scheduler config"));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(scheduler.clone().run(shutdown.clone()));
         Self { scheduler, shutdown, task: Some(task) }
     }
 
-    /// The counter `pick` of `job`.
-    pub fn count(&self, job: &str, pick: fn(&JobStats) -> &AtomicU64) -> u64 {
-        pick(self.scheduler.stats(job).expect("known job")).load(Ordering::Relaxed)
+    /// The job counter `pick` of `job`.
+    pub fn count(&self, job: &str, pick: fn(&Metrics, &str) -> u64) -> u64 {
+        pick(self.scheduler.metrics(), job)
     }
 
     pub async fn stop(mut self) {
@@ -480,8 +482,13 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `herald gateway` with `toml` (which should set `redis_url` and `node_id`).
     pub async fn start(toml: &str) -> Self {
+        Self::start_with_env(toml, &[]).await
+    }
+
+    /// [`GatewayProcess::start`] with extra environment variables.
+    pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let process = Process::spawn(&["gateway", "--listen", &addr.to_string()], toml);
+        let process = Process::spawn_with_env(&["gateway", "--listen", &addr.to_string()], toml, env);
         let mut ready = false;
         for _ in 0..300 {
             if tokio::net::TcpStream::connect(addr).await.is_ok()
@@ -512,6 +519,11 @@ pub struct Process {
 impl Process {
     /// Runs `herald <args> --config <file>` with `toml` written to a fresh file.
     pub fn spawn(args: &[&str], toml: &str) -> Self {
+        Self::spawn_with_env(args, toml, &[])
+    }
+
+    /// [`Process::spawn`] with extra environment variables.
+    pub fn spawn_with_env(args: &[&str], toml: &str, env: &[(&str, &str)]) -> Self {
         let (config, log) = (temp_file("toml"), temp_file("log"));
         std::fs::write(&config, toml).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -519,6 +531,7 @@ impl Process {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -546,6 +559,11 @@ impl Process {
     pub fn terminate(&self) {
         let pid = self.child.as_ref().expect("running").id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    }
+
+    /// What the process has written to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits for the process to exit; returns its exit code and what it wrote to stderr.

@@ -7,6 +7,7 @@ mod faults;
 mod harness;
 mod history;
 mod http_api;
+mod operations;
 mod presence;
 mod properties;
 mod routes;

@@ -1,14 +1,13 @@
 //! Scheduler jobs: every source kind, every failure kind, overlap, alignment, on_change_only,
 //! and refusal of invalid jobs at start.
 
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use herald::config::{Config, HttpSourceConfig, JobConfig};
-use herald::scheduler::JobStats;
+use herald::metrics::{JobSkip, Metrics};
 use serde_json::json;
 
 use crate::harness::{InProcessScheduler, Node, Process, Redis, config, eventually};
@@ -49,20 +48,20 @@ fn http_source(url: String) -> Option<HttpSourceConfig> {
     Some(HttpSourceConfig { url, ..HttpSourceConfig::default() })
 }
 
-fn published(s: &JobStats) -> &AtomicU64 {
-    &s.published
+fn published(m: &Metrics, job: &str) -> u64 {
+    m.job(&m.job_published, job)
 }
-fn failures(s: &JobStats) -> &AtomicU64 {
-    &s.failures
+fn failures(m: &Metrics, job: &str) -> u64 {
+    m.job(&m.job_failures, job)
 }
-fn runs(s: &JobStats) -> &AtomicU64 {
-    &s.runs
+fn runs(m: &Metrics, job: &str) -> u64 {
+    m.job(&m.job_runs, job)
 }
-fn skipped(s: &JobStats) -> &AtomicU64 {
-    &s.skipped_unchanged
+fn skipped(m: &Metrics, job: &str) -> u64 {
+    m.job_skipped.get_or_create(&JobSkip { job: job.into(), reason: "unchanged" }).get()
 }
-fn overlapped(s: &JobStats) -> &AtomicU64 {
-    &s.skipped_overlap
+fn overlapped(m: &Metrics, job: &str) -> u64 {
+    m.job_skipped.get_or_create(&JobSkip { job: job.into(), reason: "overlap" }).get()
 }
 
 #[tokio::test]

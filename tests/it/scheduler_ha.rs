@@ -10,7 +10,7 @@ use crate::harness::{Client, Node, Process, Redis, config, eventually};
 /// Two replicas' config: a clock job to `ha.ticks` every `every_ms`, aligned.
 fn replica_toml(redis: &Redis, node: &str, lease_ttl: &str, every_ms: u64) -> String {
     format!(
-        "redis_url = \"{}\"\nnode_id = \"{node}\"\n[scheduler]\nlease_ttl = \"{lease_ttl}\"\n\
+        "redis_url = \"{}\"\nnode_id = \"{node}\"\nlisten = \"127.0.0.1:0\"\n[scheduler]\nlease_ttl = \"{lease_ttl}\"\n\
          [[jobs]]\nname = \"ticks\"\ngroup = \"ha.ticks\"\nevery = \"{every_ms}ms\"\nalign = true\nbuiltin = \"clock\"\n",
         redis.url()
     )

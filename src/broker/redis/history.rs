@@ -25,7 +25,7 @@ if not epoch then
 end
 ";
 
-/// KEYS: meta, stream. ARGV: epoch candidate, ttl ms, channel, head, middle, tail, size.
+/// KEYS: meta, stream. ARGV: epoch candidate, ttl ms, channel, head, middle, tail, size, stamp.
 static APPEND: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         r"{START_EPOCH}
@@ -34,7 +34,7 @@ local frame = ARGV[4] .. offset .. ARGV[5] .. epoch .. ARGV[6]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. offset, 'f', frame)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('PUBLISH', ARGV[3], frame)
+redis.call('PUBLISH', ARGV[3], ARGV[8] .. frame)
 return offset"
     ))
 });
@@ -83,7 +83,8 @@ pub(super) async fn append(
         .arg(&parts.head)
         .arg(parts.middle)
         .arg(&parts.tail)
-        .arg(policy.size);
+        .arg(policy.size)
+        .arg(super::stamp());
     invoke(pool, &call).await
 }
 

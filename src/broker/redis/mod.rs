@@ -6,13 +6,13 @@
 //! through an unbounded channel (so they never block and stay in call order), and it reconnects
 //! with backoff and resubscribes every wanted group when Redis comes back.
 
+mod directory;
 mod history;
-mod presence;
 mod subscriber;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
 use deadpool_redis::{Pool, Runtime};
@@ -22,10 +22,13 @@ use tokio_util::sync::CancellationToken;
 use serde_json::value::RawValue;
 
 use super::{
-    Answer, Broker, BrokerError, HistoryPolicy, HistorySlice, Publisher, Sink, Subscription, publish_plain,
+    Answer, Broker, BrokerError, HistoryPolicy, HistorySlice, NodeInfo, Publisher, Sink, Subscription,
+    publish_plain,
 };
 use crate::group::GroupName;
+use crate::metrics::Metrics;
 use crate::protocol::{ClientInfo, MessageParts};
+use directory::Directory;
 use subscriber::{Command, Subscriber};
 
 /// How long one Redis command may take before it is reported as `unavailable`.
@@ -96,6 +99,25 @@ impl RedisPublisher {
     }
 }
 
+/// The header every Redis payload starts with: `@<publish time, µs since the epoch>\n`. It
+/// never starts a JSON frame, so the subscriber can tell it apart, measure the delivery
+/// latency and strip it; clients get the frame alone.
+pub(crate) fn stamp() -> String {
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    format!("@{micros}\n")
+}
+
+/// Splits a payload into its publish time (if stamped) and the frame.
+pub(crate) fn unstamp(payload: &[u8]) -> (Option<SystemTime>, &[u8]) {
+    let Some(rest) = payload.strip_prefix(b"@") else { return (None, payload) };
+    let Some(newline) = rest.iter().position(|b| *b == b'\n') else { return (None, payload) };
+    let micros = std::str::from_utf8(&rest[..newline]).ok().and_then(|m| m.parse::<u64>().ok());
+    match micros {
+        Some(micros) => (Some(UNIX_EPOCH + Duration::from_micros(micros)), &rest[newline + 1..]),
+        None => (None, payload),
+    }
+}
+
 fn channel_prefix(prefix: &str) -> Arc<str> {
     format!("{prefix}:group:").into()
 }
@@ -104,7 +126,9 @@ impl Publisher for RedisPublisher {
     fn broadcast<'a>(&'a self, group: &'a GroupName, frame: Utf8Bytes) -> Answer<'a, ()> {
         Box::pin(async move {
             let mut cmd = redis::cmd("PUBLISH");
-            cmd.arg(self.channel(group)).arg(frame.as_bytes());
+            let mut payload = stamp().into_bytes();
+            payload.extend_from_slice(frame.as_bytes());
+            cmd.arg(self.channel(group)).arg(payload);
             query::<i64>(&self.pool, &cmd).await.map(drop)
         })
     }
@@ -141,13 +165,15 @@ impl RedisBroker {
         prefix: &str,
         sink: Arc<dyn Sink>,
         shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, BrokerError> {
         let client =
             redis::Client::open(url).map_err(|e| BrokerError::Unavailable(format!("redis_url: {e}")))?;
         let publisher = RedisPublisher::new(pool(url)?, prefix);
         let ready = Arc::new(AtomicBool::new(false));
         let (commands, rx) = mpsc::unbounded_channel();
-        let subscriber = Subscriber::new(client, publisher.channel_prefix.clone(), sink, rx, ready.clone());
+        let subscriber =
+            Subscriber::new(client, publisher.channel_prefix.clone(), sink, rx, ready.clone(), metrics);
         tokio::spawn(subscriber.run(shutdown));
         Ok(Self { publisher, commands, ready })
     }
@@ -202,14 +228,33 @@ impl Broker for RedisBroker {
         clients: &'a [ClientInfo],
         ttl: Duration,
     ) -> Answer<'a, ()> {
-        Box::pin(presence::set(&self.publisher.pool, &self.publisher.prefix, group, clients, ttl))
+        Box::pin(async move {
+            let entries = clients.iter().map(|c| (c.client.as_str(), c));
+            Directory::presence(&self.publisher.prefix, group).set(&self.publisher.pool, entries, ttl).await
+        })
     }
 
     fn presence_remove<'a>(&'a self, group: &'a GroupName, client: &'a str) -> Answer<'a, ()> {
-        Box::pin(presence::remove(&self.publisher.pool, &self.publisher.prefix, group, client))
+        Box::pin(async move {
+            Directory::presence(&self.publisher.prefix, group).remove(&self.publisher.pool, client).await
+        })
     }
 
     fn presence<'a>(&'a self, group: &'a GroupName) -> Answer<'a, Vec<ClientInfo>> {
-        Box::pin(presence::list(&self.publisher.pool, &self.publisher.prefix, group))
+        Box::pin(async move {
+            Directory::presence(&self.publisher.prefix, group).list(&self.publisher.pool).await
+        })
+    }
+
+    fn announce<'a>(&'a self, node: &'a NodeInfo, ttl: Duration) -> Answer<'a, ()> {
+        Box::pin(async move {
+            Directory::nodes(&self.publisher.prefix)
+                .set(&self.publisher.pool, [(node.node.as_str(), node)], ttl)
+                .await
+        })
+    }
+
+    fn nodes(&self) -> Answer<'_, Vec<NodeInfo>> {
+        Box::pin(async move { Directory::nodes(&self.publisher.prefix).list(&self.publisher.pool).await })
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Confirmation, Sink};
 use crate::group::GroupName;
+use crate::metrics::Metrics;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A silent connection is probed this often, so a half-open socket is noticed.
@@ -44,6 +45,7 @@ pub(super) struct Subscriber {
     sink: Arc<dyn Sink>,
     commands: mpsc::UnboundedReceiver<Command>,
     ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
     /// Groups the hub wants, with the confirmation still owed to their first member (if any).
     wanted: HashMap<GroupName, Option<Confirmation>>,
     /// Groups whose wanted state changed since the last reconcile.
@@ -59,13 +61,16 @@ impl Subscriber {
         sink: Arc<dyn Sink>,
         commands: mpsc::UnboundedReceiver<Command>,
         ready: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Self { client, channel_prefix, sink, commands, ready, wanted: HashMap::new(), dirty: HashSet::new() }
+        let (wanted, dirty) = (HashMap::new(), HashSet::new());
+        Self { client, channel_prefix, sink, commands, ready, metrics, wanted, dirty }
     }
 
     /// Connects, serves until the connection drops, backs off, and again, until shutdown.
     pub(super) async fn run(mut self, shutdown: CancellationToken) {
         let mut failures = 0u32;
+        let mut connected_before = false;
         loop {
             let connected = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -73,6 +78,9 @@ impl Subscriber {
             };
             match connected {
                 Ok(Ok(pubsub)) => {
+                    if std::mem::replace(&mut connected_before, true) {
+                        self.metrics.redis_reconnects.inc();
+                    }
                     let (sink, stream) = pubsub.split();
                     let outcome = self.serve(sink, stream, &shutdown, &mut failures).await;
                     self.ready.store(false, Ordering::Release);
@@ -203,7 +211,11 @@ impl Subscriber {
         let Some(group) = msg.get_channel_name().strip_prefix(&*self.channel_prefix) else {
             return;
         };
-        match Utf8Bytes::try_from(Bytes::copy_from_slice(msg.get_payload_bytes())) {
+        let (published, frame) = super::unstamp(msg.get_payload_bytes());
+        if let Some(latency) = published.and_then(|t| SystemTime::now().duration_since(t).ok()) {
+            self.metrics.delivery_latency.observe(latency.as_secs_f64());
+        }
+        match Utf8Bytes::try_from(Bytes::copy_from_slice(frame)) {
             Ok(frame) => self.sink.deliver(group, frame),
             Err(_) => tracing::warn!(group, "dropped a non-UTF-8 message from redis"),
         }

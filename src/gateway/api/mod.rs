@@ -32,11 +32,28 @@ pub(super) fn router(gateway: &Arc<Gateway>) -> Router<Arc<Gateway>> {
         .route("/api/publish", post(publish::publish).layer(body_limit))
         .route("/api/history", get(query::history))
         .route("/api/presence", get(query::presence))
+        .route("/api/info", get(info))
         .route_layer(middleware::from_fn_with_state(gateway.clone(), require_access));
     Router::new()
         .merge(api)
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+}
+
+/// `GET /api/info`: this node, and every live node of the cluster (each announces itself in
+/// the broker with a TTL).
+async fn info(State(gateway): State<Arc<Gateway>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let nodes = gateway.hub.broker().nodes().await?;
+    Ok(Json(json!({ "node": gateway.node_info(), "nodes": nodes })))
+}
+
+/// `GET /metrics`: the Prometheus text exposition; gauges are read off the live state.
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> String {
+    let metrics = &gateway.metrics;
+    metrics.connections.set(gateway.admission.connections() as i64);
+    metrics.groups.set(gateway.hub.registry().group_count() as i64);
+    metrics.render()
 }
 
 /// An API error: its status, and the JSON body with the protocol's error code.

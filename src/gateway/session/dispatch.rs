@@ -53,6 +53,7 @@ impl Session {
             return true;
         }
         self.strikes += 1;
+        self.gateway.metrics.dropped("rate_limited");
         if self.strikes >= self.gateway.config.rate_limit_strikes {
             tracing::debug!(strikes = self.strikes, "rate limit exceeded; closing");
             self.outbox.close(close::RATE_LIMITED);

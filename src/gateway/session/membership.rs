@@ -71,6 +71,7 @@ impl Session {
         let gate = history.map(|_| Arc::new(Gate::holding(gateway.config.outbound_queue)));
         gateway.hub.join(&group, self.id, &self.outbox, gate.clone()).await.map_err(unavailable)?;
         self.groups.insert(group.clone());
+        gateway.metrics.subscriptions.inc();
         match (history, gate) {
             (Some(policy), Some(gate)) => {
                 if let Err(e) = self.recover(asked, &group, since, policy, &gate).await {
@@ -153,6 +154,7 @@ impl Session {
     async fn leave(&self, group: &GroupName) {
         let gateway = &self.gateway;
         gateway.hub.leave(group, self.id);
+        gateway.metrics.subscriptions.dec();
         let namespace = gateway.config.namespace(group.namespace());
         if namespace.presence {
             gateway.presence.remove(group, &self.info.client);

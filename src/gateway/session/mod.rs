@@ -31,6 +31,7 @@ use super::routes::Grants;
 use crate::auth::Identity;
 use crate::group::GroupName;
 use crate::hub::MemberId;
+use crate::metrics;
 use crate::outbox::Outbox;
 use crate::protocol::{ClientInfo, close};
 
@@ -127,6 +128,9 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, grant
         session.leave_all().await;
         session.gateway.close_session(session.id);
         let code = session.outbox.close_requested();
+        if let Some(code) = code.filter(|c| *c != close::NORMAL) {
+            session.gateway.metrics.closes.get_or_create(&metrics::Code { code }).inc();
+        }
         let _ = writer.await;
         drain_until_closed(stream).await;
         tracing::debug!(close = code, "disconnected");

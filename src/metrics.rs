@@ -1,0 +1,151 @@
+//! Every metric Herald exports, in one place. Each instance has its own registry (no global
+//! recorder), rendered in the Prometheus text format at `GET /metrics`. All names start with
+//! `herald_`:
+//!
+//! | Metric | Kind | Meaning |
+//! | --- | --- | --- |
+//! | `herald_connections` | gauge | WebSocket connections held |
+//! | `herald_subscriptions` | gauge | client memberships in groups |
+//! | `herald_groups` | gauge | groups with local members (= Redis subscriptions) |
+//! | `herald_messages_in_total` | counter | messages published through this instance |
+//! | `herald_messages_out_total` | counter | frames queued to local clients by fan-out |
+//! | `herald_drops_total{reason}` | counter | frames or requests dropped: `slow_consumer`, `rate_limited`, `publish_failed` |
+//! | `herald_closes_total{code}` | counter | connections closed by the server, by close code |
+//! | `herald_redis_reconnects_total` | counter | pub/sub reconnections after a lost connection |
+//! | `herald_delivery_latency_seconds` | histogram | publish (at any instance) to fan-out here |
+//! | `herald_job_runs_total{job}` | counter | scheduler ticks run |
+//! | `herald_job_published_total{job}` | counter | ticks that published |
+//! | `herald_job_failures_total{job}` | counter | failed runs (source error, timeout, Redis) |
+//! | `herald_job_skipped_total{job,reason}` | counter | ticks skipped: `overlap`, `unchanged` |
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Code {
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Job {
+    pub job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobSkip {
+    pub job: String,
+    pub reason: &'static str,
+}
+
+/// The metrics of one instance. Cloning a metric shares it, so parts of the system hold the
+/// handles they update.
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub subscriptions: Gauge,
+    pub groups: Gauge,
+    pub messages_in: Counter,
+    pub messages_out: Counter,
+    pub drops: Family<Reason, Counter>,
+    pub closes: Family<Code, Counter>,
+    pub redis_reconnects: Counter,
+    pub delivery_latency: Histogram,
+    pub job_runs: Family<Job, Counter>,
+    pub job_published: Family<Job, Counter>,
+    pub job_failures: Family<Job, Counter>,
+    pub job_skipped: Family<JobSkip, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("herald");
+        let m = Self {
+            connections: Gauge::default(),
+            subscriptions: Gauge::default(),
+            groups: Gauge::default(),
+            messages_in: Counter::default(),
+            messages_out: Counter::default(),
+            drops: Family::default(),
+            closes: Family::default(),
+            redis_reconnects: Counter::default(),
+            // 50 µs .. ~1.6 s
+            delivery_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            job_runs: Family::default(),
+            job_published: Family::default(),
+            job_failures: Family::default(),
+            job_skipped: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "WebSocket connections held", m.connections.clone());
+        registry.register("subscriptions", "Client memberships in groups", m.subscriptions.clone());
+        registry.register("groups", "Groups with local members (Redis subscriptions)", m.groups.clone());
+        registry.register("messages_in", "Messages published through this instance", m.messages_in.clone());
+        registry.register(
+            "messages_out",
+            "Frames queued to local clients by fan-out",
+            m.messages_out.clone(),
+        );
+        registry.register("drops", "Frames or requests dropped, by reason", m.drops.clone());
+        registry.register("closes", "Connections closed by the server, by close code", m.closes.clone());
+        registry.register(
+            "redis_reconnects",
+            "Pub/sub reconnections after a lost connection",
+            m.redis_reconnects.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "From publish to fan-out here",
+            m.delivery_latency.clone(),
+        );
+        registry.register("job_runs", "Scheduler ticks run", m.job_runs.clone());
+        registry.register("job_published", "Scheduler ticks that published", m.job_published.clone());
+        registry.register("job_failures", "Failed scheduler runs", m.job_failures.clone());
+        registry.register("job_skipped", "Scheduler ticks skipped, by reason", m.job_skipped.clone());
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+
+    pub fn dropped(&self, reason: &'static str) {
+        self.drops.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub fn job(&self, family: &Family<Job, Counter>, job: &str) -> u64 {
+        family.get_or_create(&Job { job: job.to_string() }).get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_names() {
+        let m = Metrics::default();
+        m.messages_in.inc();
+        m.dropped("slow_consumer");
+        m.job_runs.get_or_create(&Job { job: "clock".into() }).inc();
+        let text = m.render();
+        assert!(text.contains("herald_messages_in_total 1"), "{text}");
+        assert!(text.contains(r#"herald_drops_total{reason="slow_consumer"} 1"#), "{text}");
+        assert!(text.contains(r#"herald_job_runs_total{job="clock"} 1"#), "{text}");
+        assert!(text.contains("herald_delivery_latency_seconds_bucket"), "{text}");
+    }
+}

@@ -1,0 +1,100 @@
+//! Operations: Prometheus metrics, the cluster view of /api/info, JSON logs.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{GatewayProcess, Node, Redis, config, eventually};
+
+/// The value of an exact metric line (`name{labels}`), if present.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn metrics_text(node: &Node) -> String {
+    let mut stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test]
+async fn metrics_count_connections_messages_drops_and_latency() {
+    let redis = Redis::start().await;
+    let node = Node::ready(config(Some(&redis), "gw-1")).await;
+    let mut a = node.client().await;
+    let mut b = node.client().await;
+    a.subscribe("m").await;
+    b.subscribe("m").await;
+    assert_eq!(node.publish("m", json!(1)).await.0, 200);
+    a.message().await;
+    b.message().await;
+    let mut big = node.client().await;
+    big.send_text("x".repeat(70 * 1024)).await;
+    assert_eq!(big.close_code().await, 1009);
+
+    eventually("closes counted", || async {
+        metric(&metrics_text(&node).await, r#"herald_closes_total{code="1009"}"#) == Some(1.0)
+    })
+    .await;
+    let text = metrics_text(&node).await;
+    assert_eq!(metric(&text, "herald_connections"), Some(2.0), "{text}");
+    assert_eq!(metric(&text, "herald_subscriptions"), Some(2.0));
+    assert_eq!(metric(&text, "herald_groups"), Some(1.0));
+    assert_eq!(metric(&text, "herald_messages_in_total"), Some(1.0));
+    assert_eq!(metric(&text, "herald_messages_out_total"), Some(2.0));
+    assert_eq!(
+        metric(&text, "herald_delivery_latency_seconds_count"),
+        Some(1.0),
+        "measured from the publish stamp"
+    );
+}
+
+#[tokio::test]
+async fn api_info_lists_every_live_node_with_its_counts() {
+    let redis = Redis::start().await;
+    let mut nodes = Vec::new();
+    for id in ["gw-1", "gw-2"] {
+        let mut config = config(Some(&redis), id);
+        config.presence_ttl = Duration::from_secs(3);
+        nodes.push(Node::ready(config).await);
+    }
+    let mut client = nodes[1].client().await;
+    client.subscribe("x").await;
+    eventually("both nodes announced with their counts", || async {
+        let (status, info) = nodes[0].get("/api/info").await;
+        let listed: Vec<(String, u64)> = info["nodes"]
+            .as_array()
+            .map(|n| {
+                n.iter()
+                    .map(|n| (n["node"].as_str().unwrap().to_string(), n["connections"].as_u64().unwrap()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        status == 200
+            && info["node"]["node"] == "gw-1"
+            && listed.contains(&("gw-1".into(), 0))
+            && listed.contains(&("gw-2".into(), 1))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn logs_are_json_lines_with_a_span_per_connection() {
+    let redis = Redis::start().await;
+    let toml = format!("redis_url = \"{}\"\nnode_id = \"logger\"\nauth = \"off\"\n", redis.url());
+    let gateway =
+        GatewayProcess::start_with_env(&toml, &[("HERALD_LOG_FORMAT", "json"), ("RUST_LOG", "debug")]).await;
+    let client = gateway.client().await;
+    client.close().await;
+    eventually("the session's lines are logged", || async { gateway.process.log().contains("disconnected") })
+        .await;
+    let log = gateway.process.log();
+    let lines: Vec<Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let session = lines.iter().find(|l| l["fields"]["message"] == "connected").expect("a connected line");
+    assert_eq!(session["span"]["name"], "session");
+    assert!(session["span"]["client"].as_str().unwrap().starts_with("logger-"));
+}
