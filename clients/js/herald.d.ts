@@ -1,0 +1,84 @@
+// Type declarations for herald.js.
+
+export type ErrorCode =
+  | "bad_request"
+  | "unknown_type"
+  | "invalid_group"
+  | "forbidden"
+  | "too_large"
+  | "rate_limited"
+  | "unavailable"
+  | "internal"
+  | "disconnected";
+
+export declare const ErrorCodes: Readonly<Record<ErrorCode, string>>;
+
+export declare class HeraldError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message?: string);
+}
+
+export type State = "closed" | "connecting" | "open" | "reconnecting";
+
+export interface ClientInfo {
+  client: string;
+  user: string | null;
+  node: string;
+  info?: unknown;
+}
+
+export interface MessageEvent<T = unknown> {
+  type: "message";
+  group: string;
+  data: T;
+  /** Present for groups with history. */
+  offset?: number;
+  epoch?: string;
+}
+
+export interface SubscribeResult {
+  offset?: number;
+  epoch?: string;
+  recovered?: boolean;
+}
+
+export interface HeraldClientOptions {
+  /** A JWT, or a function returning a fresh one before each connection. */
+  token?: string | (() => string | Promise<string>);
+  /** First reconnect delay cap in ms (default 500). */
+  minDelay?: number;
+  /** Largest reconnect delay cap in ms (default 20000). */
+  maxDelay?: number;
+}
+
+export interface HeraldEventMap {
+  state: CustomEvent<{ state: State; node: string | null; client: string | null }>;
+  message: CustomEvent<MessageEvent>;
+  join: CustomEvent<{ type: "join"; group: string; client: ClientInfo }>;
+  leave: CustomEvent<{ type: "leave"; group: string; client: ClientInfo }>;
+  /** A resubscription could not recover what was missed: reload that group's state. */
+  recovered: CustomEvent<{ group: string; recovered: false }>;
+  disconnect: CustomEvent<{ code: number; reason: string }>;
+  error: CustomEvent<{ group: string; error: HeraldError }>;
+}
+
+export declare class HeraldClient extends EventTarget {
+  constructor(url: string, options?: HeraldClientOptions);
+  readonly url: string;
+  readonly state: State;
+  /** The node of the current connection. */
+  readonly node: string | null;
+  readonly clientId: string | null;
+  connect(): void;
+  close(): void;
+  subscribe(group: string): Promise<SubscribeResult | undefined>;
+  unsubscribe(group: string): Promise<void>;
+  publish(group: string, data: unknown): Promise<void>;
+  presence(group: string): Promise<ClientInfo[]>;
+  ping(): Promise<void>;
+  addEventListener<K extends keyof HeraldEventMap>(
+    type: K,
+    listener: (event: HeraldEventMap[K]) => void,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+}
