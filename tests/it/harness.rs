@@ -41,7 +41,7 @@ where
     panic!("timed out waiting for: {what}");
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -394,9 +394,12 @@ impl Client {
         self.request(json!({"type": "publish", "group": group, "data": data})).await
     }
 
-    /// The next `message` frame's `(group, data)`.
+    /// The next `message` frame's `(group, data)`, skipping join/leave events.
     pub async fn message(&mut self) -> (String, Value) {
-        let frame = self.recv().await;
+        let mut frame = self.recv().await;
+        while frame["type"] == "join" || frame["type"] == "leave" {
+            frame = self.recv().await;
+        }
         assert_eq!(frame["type"], "message", "expected a message, got {frame}");
         (frame["group"].as_str().unwrap().to_string(), frame["data"].clone())
     }

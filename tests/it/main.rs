@@ -3,6 +3,7 @@
 mod abuse;
 mod bad_input;
 mod delivery;
+mod deployment;
 mod faults;
 mod harness;
 mod history;
