@@ -18,6 +18,7 @@
 //!
 //! Module map:
 //! - [`auth`]: token verification and what a token permits.
+//! - [`bench`]: the load tool behind `herald bench`, and its baseline server.
 //! - [`config`]: layered, validated configuration.
 //! - [`group`]: validated group names and namespaces.
 //! - [`protocol`]: client frames, error codes, close codes.
@@ -34,6 +35,7 @@
 //! shutdown token in.
 
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod gateway;

@@ -35,7 +35,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Clone, PartialEq, Eq)]
+#[derive(Subcommand, Clone)]
 enum Command {
     /// One self-contained instance with the demo chat; in-memory broker unless redis_url is set.
     Standalone,
@@ -43,6 +43,8 @@ enum Command {
     Gateway,
     /// Runs the config's [[jobs]]; any number of replicas elect one leader through Redis.
     Scheduler,
+    /// Load-tests gateways (and a baseline server) and reports throughput, latency, connections.
+    Bench(herald::bench::BenchArgs),
     /// Exits 0 if the URL answers 2xx within 3 s (a container health check without curl).
     Health {
         #[arg(long, default_value = "http://127.0.0.1:8000/healthz")]
@@ -58,8 +60,18 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let command = cli.command.clone().unwrap_or(Command::Standalone);
-    if let Command::Health { url } = &command {
-        return health(url).await;
+    match &command {
+        Command::Health { url } => return health(url).await,
+        Command::Bench(args) => {
+            return match herald::bench::run(args.clone()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("herald bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     let config = match load_config(&cli, &command) {
         Ok(config) => config,
@@ -72,7 +84,7 @@ async fn main() -> ExitCode {
         Command::Scheduler => run_scheduler(config).await,
         Command::Standalone => run_gateway(config, true).await,
         Command::Gateway => run_gateway(config, false).await,
-        Command::Health { .. } => unreachable!("answered before the config is loaded"),
+        Command::Health { .. } | Command::Bench(_) => unreachable!("run before the config is loaded"),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,7 +108,7 @@ fn load_config(cli: &Cli, command: &Command) -> anyhow::Result<Config> {
         Command::Gateway => {
             config.auth.get_or_insert(AuthMode::Required);
         }
-        Command::Scheduler | Command::Health { .. } => {}
+        Command::Scheduler | Command::Health { .. } | Command::Bench(_) => {}
         Command::Standalone => {
             config.auth.get_or_insert(AuthMode::Off);
             // Pages served by a dev server on another local port may connect.

@@ -36,7 +36,7 @@ use crate::outbox::Outbox;
 use crate::protocol::{ClientInfo, close};
 
 /// Read buffer per connection; tungstenite grows it for larger frames.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 512;
 /// Bytes the writer gathers before writing to the socket (it also flushes when idle).
 const WRITE_BUFFER: usize = 8 * 1024;
 /// How long to wait for the client's close frame after sending ours.

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Reproduces every figure of BENCHMARKS.md on this machine: builds the release binary, starts a
+# private redis-server and gateways on free ports, runs `herald bench` for each target (with
+# the in-process baseline where a ratio is asked for) and writes the reports to bench-results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+bin=target/release/herald
+out=bench-results
+mkdir -p "$out"
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+redis_port=$(port)
+redis-server --port "$redis_port" --save "" --appendonly no --daemonize yes --pidfile "/tmp/herald-bench-redis-$redis_port.pid" >/dev/null
+redis_url="redis://127.0.0.1:$redis_port/"
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+gateway() { # name port -> starts a gateway, prints its pid
+  HERALD_AUTH=off HERALD_MAX_CONNECTIONS=20000 HERALD_MAX_CONNECTIONS_PER_IP=20000 RUST_LOG=warn \
+    "$bin" gateway --redis-url "$redis_url" --listen "127.0.0.1:$2" --node-id "$1" >"$out/$1.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$2/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  echo "${pids[-1]}"
+}
+
+p1=$(port); g1=$(gateway bench-1 "$p1")
+p2=$(port); g2=$(gateway bench-2 "$p2")
+
+echo "== throughput: 1 gateway, 1000 clients in one group, 100-byte payloads, rising rate"
+"$bin" bench --baseline --url "ws://127.0.0.1:$p1/ws" --redis-url "$redis_url" --clients 1000 --size 100 \
+  --rate 250,500,1000,1500,2000,3000 --duration 5s --pid "$g1" --json >"$out/throughput.json"
+
+echo "== latency: 2 gateways, 2000 clients split across them, 50 msg/s (100,000 deliveries/s)"
+"$bin" bench --baseline --url "ws://127.0.0.1:$p1/ws,ws://127.0.0.1:$p2/ws" --redis-url "$redis_url" \
+  --clients 2000 --size 100 --rate 50 --duration 10s --pid "$g1,$g2" --json >"$out/latency.json"
+
+echo "== memory and idle cost: 15,000 idle subscribed connections, heartbeats on, 60 s"
+p3=$(port); g3=$(gateway bench-3 "$p3")
+"$bin" bench --url "ws://127.0.0.1:$p3/ws" --redis-url "$redis_url" --clients 15000 --sources 8 \
+  --rate 0 --duration 60s --pid "$g3" --json >"$out/memory.json"
+kill "$g3"
+
+echo "== Redis cost: redis-server CPU while publishing to 2 gateways"
+redis_pid=$(cat "/tmp/herald-bench-redis-$redis_port.pid")
+"$bin" bench --url "ws://127.0.0.1:$p1/ws,ws://127.0.0.1:$p2/ws" --redis-url "$redis_url" --clients 20 \
+  --rate 5000,10000 --duration 10s --pid "$redis_pid" --json >"$out/redis.json"
+
+echo "reports in $out/"

@@ -1,0 +1,405 @@
+//! The load: clients that connect, subscribe and time every delivery, and a publisher that
+//! keeps a steady rate.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::extract::ws::Utf8Bytes;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::baseline::Baseline;
+use super::report::{Latency, RunReport, StepReport};
+use super::{BenchArgs, PublishVia};
+
+pub enum Target {
+    Baseline(Baseline),
+    Herald,
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Histograms and counters, sharded so that clients on different threads rarely share a lock.
+const SHARDS: usize = 64;
+/// Time given to deliveries still in flight when a step's publishing ends.
+const SETTLE: Duration = Duration::from_secs(1);
+
+struct Shard {
+    latency_us: Histogram<u64>,
+    deliveries: u64,
+    /// When the last counted delivery arrived (µs since the epoch).
+    last_us: u64,
+}
+
+struct Stats {
+    shards: Vec<Mutex<Shard>>,
+    /// Publish time (µs) from which deliveries count: messages of an earlier step still in
+    /// flight when a step starts are not counted in it.
+    since_us: AtomicU64,
+    dropped: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Stats {
+    fn new() -> Self {
+        let shard = || {
+            let latency_us = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+            Mutex::new(Shard { latency_us, deliveries: 0, last_us: 0 })
+        };
+        Self {
+            shards: (0..SHARDS).map(|_| shard()).collect(),
+            since_us: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[i % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn deliveries(&self) -> u64 {
+        (0..SHARDS).map(|i| self.lock(i).deliveries).sum()
+    }
+
+    /// Empties the shards, returning the merged histogram, the delivery count and the time
+    /// of the last delivery.
+    fn take(&self) -> (Histogram<u64>, u64, u64) {
+        let mut merged = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+        let (mut deliveries, mut last_us) = (0, 0);
+        for i in 0..SHARDS {
+            let mut shard = self.lock(i);
+            merged.add(&shard.latency_us).expect("same bounds");
+            shard.latency_us.reset();
+            deliveries += std::mem::take(&mut shard.deliveries);
+            last_us = last_us.max(std::mem::take(&mut shard.last_us));
+        }
+        (merged, deliveries, last_us)
+    }
+
+    /// Starts counting deliveries of messages published from now on.
+    fn start_step(&self) -> u64 {
+        self.take();
+        let now = now_us();
+        self.since_us.store(now, Ordering::Relaxed);
+        now
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The publish time a bench payload carries: `{"t":<µs>,...}`.
+fn publish_time(frame: &str) -> Option<u64> {
+    let at = frame.find("\"t\":")? + 4;
+    let digits = &frame[at..];
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> {
+    let name = match target {
+        Target::Baseline(_) => "baseline",
+        Target::Herald => "herald",
+    };
+    let urls = match &target {
+        Target::Baseline(server) => vec![format!("ws://{}/ws", server.addr)],
+        Target::Herald => args.url.clone(),
+    };
+    let stats = Arc::new(Stats::new());
+    // `--pid` names the gateways: the baseline runs inside this process and is not measured.
+    let pids: &[u32] = if matches!(target, Target::Herald) { &args.pid } else { &[] };
+    let resident = || (!pids.is_empty()).then(|| pids.iter().filter_map(|p| rss_kib(*p)).sum::<u64>());
+    let rss_before = resident();
+    let (mut clients, connected, connect_rate) = connect_all(args, &urls, matches!(target, Target::Herald), &stats).await;
+    let rss_kib = resident();
+    let mut publisher = Publisher::new(args, &target).await?;
+    let mut steps = Vec::new();
+    for &rate in &args.rate {
+        let step_us = stats.start_step();
+        let cpu_before = cpu_ticks(pids);
+        let started = Instant::now();
+        let published = publish_steadily(args, &mut publisher, rate, &stats, name).await?;
+        tokio::time::sleep(SETTLE).await;
+        let elapsed = started.elapsed();
+        let (latency, deliveries, last_us) = stats.take();
+        // Over the time the step's messages took to arrive, backlog included.
+        let delivering = Duration::from_micros(last_us.saturating_sub(step_us)).max(args.duration);
+        let cpu_percent = cpu_before
+            .zip(cpu_ticks(pids))
+            .map(|(before, after)| (after - before) as f64 / CLOCK_TICKS_PER_SEC * 100.0 / elapsed.as_secs_f64());
+        steps.push(StepReport {
+            rate,
+            published,
+            deliveries,
+            deliveries_per_sec: deliveries as f64 / delivering.as_secs_f64(),
+            latency_us: Latency {
+                p50: latency.value_at_quantile(0.5),
+                p99: latency.value_at_quantile(0.99),
+                p999: latency.value_at_quantile(0.999),
+                max: latency.max(),
+            },
+            dropped_clients: stats.dropped.swap(0, Ordering::Relaxed),
+            cpu_percent,
+        });
+    }
+    eprintln!();
+    clients.abort_all();
+    Ok(RunReport {
+        target: name.into(),
+        clients: args.clients,
+        connected,
+        connect_rate,
+        steps,
+        rss_kib,
+        rss_kib_per_connection: rss_kib
+            .zip(rss_before)
+            .map(|(after, before)| after.saturating_sub(before) as f64 / connected.max(1) as f64),
+        errors: stats.errors.load(Ordering::Relaxed),
+    })
+}
+
+/// Opens every client, `connect_concurrency` handshakes at a time; returns the reading tasks,
+/// how many connected and the sessions per second.
+async fn connect_all(
+    args: &BenchArgs,
+    urls: &[String],
+    herald: bool,
+    stats: &Arc<Stats>,
+) -> (JoinSet<()>, usize, f64) {
+    let slots = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+    let mut clients = JoinSet::new();
+    let started = Instant::now();
+    for i in 0..args.clients {
+        let slot = slots.clone().acquire_owned().await.expect("semaphore open");
+        let mut url = urls[i % urls.len()].clone();
+        if let (Some(token), true) = (&args.token, herald) {
+            url = format!("{url}{}token={token}", if url.contains('?') { '&' } else { '?' });
+        }
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % args.sources as usize) as u8));
+        let group = format!("bench.{}", i % args.groups);
+        let (stats, ready) = (stats.clone(), ready_tx.clone());
+        clients.spawn(async move {
+            let joined = join(&url, source, herald.then_some(group.as_str())).await;
+            drop(slot);
+            match joined {
+                Ok(socket) => {
+                    let _ = ready.send(true);
+                    receive(socket, i, &stats).await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "client failed to connect");
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    let _ = ready.send(false);
+                }
+            }
+        });
+    }
+    let mut connected = 0;
+    for done in 1..=args.clients {
+        if ready_rx.recv().await == Some(true) {
+            connected += 1;
+        }
+        if done % 1000 == 0 || done == args.clients {
+            eprint!("\rconnecting: {connected}/{} ", args.clients);
+        }
+    }
+    let rate = connected as f64 / started.elapsed().as_secs_f64();
+    eprintln!("({rate:.0} sessions/s)");
+    (clients, connected, rate)
+}
+
+/// Connects from `source`, and for Herald reads the welcome and subscribes to `group`.
+async fn join(url: &str, source: IpAddr, group: Option<&str>) -> anyhow::Result<Socket> {
+    let request = url.into_client_request()?;
+    let authority = request.uri().authority().context("url without host")?.as_str().to_string();
+    let addr: SocketAddr = tokio::net::lookup_host(&authority).await?.next().context("unresolved host")?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    // Small buffers: tens of thousands of clients share this process.
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config)).await?;
+    if let Some(group) = group {
+        ws.next().await.context("no welcome")??;
+        let subscribe = serde_json::json!({"type": "subscribe", "group": group, "id": 1}).to_string();
+        ws.send(Message::text(subscribe)).await?;
+        loop {
+            let frame = ws.next().await.context("closed while subscribing")??;
+            let Message::Text(text) = frame else { continue };
+            if text.contains(r#""type":"reply""#) {
+                break;
+            }
+            anyhow::ensure!(!text.contains(r#""type":"error""#), "subscribe refused: {text}");
+        }
+    }
+    Ok(ws)
+}
+
+/// Times every delivery until the connection ends.
+async fn receive(mut ws: Socket, i: usize, stats: &Stats) {
+    while let Some(frame) = ws.next().await {
+        match frame {
+            Ok(Message::Text(text)) => {
+                let Some(sent) = publish_time(&text) else { continue };
+                if sent < stats.since_us.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let now = now_us();
+                let mut shard = stats.lock(i);
+                shard.deliveries += 1;
+                shard.last_us = shard.last_us.max(now);
+                let _ = shard.latency_us.record(now.saturating_sub(sent).max(1));
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    stats.dropped.fetch_add(1, Ordering::Relaxed);
+}
+
+enum Publisher<'a> {
+    Baseline(&'a Baseline),
+    Redis { conn: redis::aio::MultiplexedConnection, prefix: String },
+    Http { client: reqwest::Client, url: String, key: Option<String> },
+    Ws(SplitSink<Socket, Message>),
+}
+
+impl<'a> Publisher<'a> {
+    async fn new(args: &BenchArgs, target: &'a Target) -> anyhow::Result<Self> {
+        if let Target::Baseline(server) = target {
+            return Ok(Self::Baseline(server));
+        }
+        Ok(match args.publish {
+            PublishVia::Redis => {
+                let client = redis::Client::open(args.redis_url.as_str())?;
+                let conn = client.get_multiplexed_async_connection().await.context("connecting to redis")?;
+                Self::Redis { conn, prefix: args.redis_prefix.clone() }
+            }
+            PublishVia::Http => {
+                let base = args.url[0].replacen("ws://", "http://", 1).replacen("wss://", "https://", 1);
+                let host = base.split('/').take(3).collect::<Vec<_>>().join("/");
+                Self::Http { client: reqwest::Client::new(), url: format!("{host}/api/publish"), key: args.api_key.clone() }
+            }
+            PublishVia::Ws => {
+                let ws = join(&args.url[0], IpAddr::V4(Ipv4Addr::LOCALHOST), None).await?;
+                let (sink, mut stream) = ws.split();
+                // Replies are read and dropped so the gateway never sees a slow publisher.
+                tokio::spawn(async move { while stream.next().await.is_some() {} });
+                Self::Ws(sink)
+            }
+        })
+    }
+
+    async fn publish(&mut self, group: &str, data: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Baseline(server) => {
+                let frame = format!(r#"{{"type":"message","group":"{group}","data":{data}}}"#);
+                server.broadcast(Utf8Bytes::from(frame));
+            }
+            Self::Redis { conn, prefix } => {
+                let frame = format!(r#"{{"type":"message","group":"{group}","data":{data}}}"#);
+                redis::cmd("PUBLISH").arg(format!("{prefix}:group:{group}")).arg(frame).query_async::<i64>(conn).await?;
+            }
+            Self::Http { client, url, key } => {
+                let body = format!(r#"{{"group":"{group}","data":{data}}}"#);
+                let mut request = client.post(url.as_str()).header("content-type", "application/json").body(body);
+                if let Some(key) = key {
+                    request = request.bearer_auth(key);
+                }
+                let response = request.send().await?;
+                anyhow::ensure!(response.status().is_success(), "publish answered {}", response.status());
+            }
+            Self::Ws(sink) => {
+                let frame = format!(r#"{{"type":"publish","group":"{group}","data":{data}}}"#);
+                sink.send(Message::text(frame)).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Publishes `rate` messages per second for the step's duration, spread over the groups; the
+/// payload carries its publish time. Returns how many were published.
+async fn publish_steadily(
+    args: &BenchArgs,
+    publisher: &mut Publisher<'_>,
+    rate: u64,
+    stats: &Stats,
+    name: &str,
+) -> anyhow::Result<u64> {
+    let pad = "x".repeat(args.size.saturating_sub(28));
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(1));
+    let (mut sent, mut next_report) = (0u64, Duration::from_secs(1));
+    while started.elapsed() < args.duration {
+        ticks.tick().await;
+        let due = (rate as f64 * started.elapsed().as_secs_f64()) as u64;
+        while sent < due {
+            let data = format!(r#"{{"t":{},"p":"{pad}"}}"#, now_us());
+            if let Err(e) = publisher.publish(&format!("bench.{}", sent % args.groups as u64), &data).await {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "publish failed");
+            }
+            sent += 1;
+        }
+        if started.elapsed() >= next_report {
+            next_report += Duration::from_secs(1);
+            eprint!("\r{name} at {rate} msg/s: {sent} published, {} deliveries   ", stats.deliveries());
+            let _ = std::io::stderr().flush();
+        }
+    }
+    Ok(sent)
+}
+
+/// Linux reports process CPU time in ticks of 1/100 s on every common architecture.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+/// User plus system CPU ticks of the processes, if all could be read.
+fn cpu_ticks(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name (which may contain spaces) start at state.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_publish_time_from_a_frame() {
+        let frame = r#"{"type":"message","group":"bench.0","data":{"t":1732712345123456,"p":"xx"}}"#;
+        assert_eq!(publish_time(frame), Some(1_732_712_345_123_456));
+        assert_eq!(publish_time(r#"{"type":"reply","id":1}"#), None);
+    }
+}
