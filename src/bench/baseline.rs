@@ -28,7 +28,11 @@ impl Baseline {
             "/ws",
             get(move |ws: WebSocketUpgrade| {
                 let frames = sender.subscribe();
-                async move { ws.read_buffer_size(4096).write_buffer_size(8192).on_upgrade(|socket| serve(socket, frames)) }
+                async move {
+                    ws.read_buffer_size(4096)
+                        .write_buffer_size(8192)
+                        .on_upgrade(|socket| serve(socket, frames))
+                }
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

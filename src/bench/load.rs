@@ -125,7 +125,8 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> 
     let pids: &[u32] = if matches!(target, Target::Herald) { &args.pid } else { &[] };
     let resident = || (!pids.is_empty()).then(|| pids.iter().filter_map(|p| rss_kib(*p)).sum::<u64>());
     let rss_before = resident();
-    let (mut clients, connected, connect_rate) = connect_all(args, &urls, matches!(target, Target::Herald), &stats).await;
+    let (mut clients, connected, connect_rate) =
+        connect_all(args, &urls, matches!(target, Target::Herald), &stats).await;
     let rss_kib = resident();
     let mut publisher = Publisher::new(args, &target).await?;
     let mut steps = Vec::new();
@@ -139,9 +140,9 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> 
         let (latency, deliveries, last_us) = stats.take();
         // Over the time the step's messages took to arrive, backlog included.
         let delivering = Duration::from_micros(last_us.saturating_sub(step_us)).max(args.duration);
-        let cpu_percent = cpu_before
-            .zip(cpu_ticks(pids))
-            .map(|(before, after)| (after - before) as f64 / CLOCK_TICKS_PER_SEC * 100.0 / elapsed.as_secs_f64());
+        let cpu_percent = cpu_before.zip(cpu_ticks(pids)).map(|(before, after)| {
+            (after - before) as f64 / CLOCK_TICKS_PER_SEC * 100.0 / elapsed.as_secs_f64()
+        });
         steps.push(StepReport {
             rate,
             published,
@@ -236,7 +237,8 @@ async fn join(url: &str, source: IpAddr, group: Option<&str>) -> anyhow::Result<
     // Small buffers: tens of thousands of clients share this process.
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config)).await?;
+        tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config))
+            .await?;
     if let Some(group) = group {
         ws.next().await.context("no welcome")??;
         let subscribe = serde_json::json!({"type": "subscribe", "group": group, "id": 1}).to_string();
@@ -296,7 +298,11 @@ impl<'a> Publisher<'a> {
             PublishVia::Http => {
                 let base = args.url[0].replacen("ws://", "http://", 1).replacen("wss://", "https://", 1);
                 let host = base.split('/').take(3).collect::<Vec<_>>().join("/");
-                Self::Http { client: reqwest::Client::new(), url: format!("{host}/api/publish"), key: args.api_key.clone() }
+                Self::Http {
+                    client: reqwest::Client::new(),
+                    url: format!("{host}/api/publish"),
+                    key: args.api_key.clone(),
+                }
             }
             PublishVia::Ws => {
                 let ws = join(&args.url[0], IpAddr::V4(Ipv4Addr::LOCALHOST), None).await?;
@@ -316,11 +322,16 @@ impl<'a> Publisher<'a> {
             }
             Self::Redis { conn, prefix } => {
                 let frame = format!(r#"{{"type":"message","group":"{group}","data":{data}}}"#);
-                redis::cmd("PUBLISH").arg(format!("{prefix}:group:{group}")).arg(frame).query_async::<i64>(conn).await?;
+                redis::cmd("PUBLISH")
+                    .arg(format!("{prefix}:group:{group}"))
+                    .arg(frame)
+                    .query_async::<i64>(conn)
+                    .await?;
             }
             Self::Http { client, url, key } => {
                 let body = format!(r#"{{"group":"{group}","data":{data}}}"#);
-                let mut request = client.post(url.as_str()).header("content-type", "application/json").body(body);
+                let mut request =
+                    client.post(url.as_str()).header("content-type", "application/json").body(body);
                 if let Some(key) = key {
                     request = request.bearer_auth(key);
                 }

@@ -83,7 +83,10 @@ pub enum PublishVia {
 /// Runs the baseline (if asked) and then Herald (if URLs are given), and prints the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.baseline || !args.url.is_empty(), "give --url (Herald gateways) and/or --baseline");
-    anyhow::ensure!(args.clients > 0 && args.groups > 0 && args.sources > 0, "clients, groups and sources must be positive");
+    anyhow::ensure!(
+        args.clients > 0 && args.groups > 0 && args.sources > 0,
+        "clients, groups and sources must be positive"
+    );
     let mut reports = Vec::new();
     if args.baseline {
         let server = baseline::Baseline::start().await?;

@@ -57,7 +57,19 @@ pub fn print(reports: &[RunReport], json: bool) {
             )),
             if r.errors > 0 { format!(", {} errors", r.errors) } else { String::new() },
         );
-        println!("  {:>8} {:>10} {:>12} {:>14} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}", "rate", "published", "deliveries", "deliveries/s", "p50 µs", "p99 µs", "p99.9", "max µs", "drops", "cpu %");
+        println!(
+            "  {:>8} {:>10} {:>12} {:>14} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}",
+            "rate",
+            "published",
+            "deliveries",
+            "deliveries/s",
+            "p50 µs",
+            "p99 µs",
+            "p99.9",
+            "max µs",
+            "drops",
+            "cpu %"
+        );
         for s in &r.steps {
             println!(
                 "  {:>8} {:>10} {:>12} {:>14.0} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}",
@@ -83,6 +95,9 @@ pub fn print(reports: &[RunReport], json: bool) {
                 h.latency_us.p99 as f64 / b.latency_us.p99.max(1) as f64
             );
         }
-        println!("herald / baseline connect rate: {:.2}x", herald.connect_rate / baseline.connect_rate.max(1.0));
+        println!(
+            "herald / baseline connect rate: {:.2}x",
+            herald.connect_rate / baseline.connect_rate.max(1.0)
+        );
     }
 }
