@@ -13,8 +13,8 @@
 //! ```
 //!
 //! A message is encoded into its client frame once, by the publisher; the frame crosses the
-//! broker as-is and every local member of the group gets the same shared bytes through a
-//! bounded per-client queue.
+//! broker as-is (behind a publish-time stamp the receiving instance strips) and every local
+//! member of the group gets the same shared bytes through a bounded per-client queue.
 //!
 //! Module map:
 //! - [`auth`]: token verification and what a token permits.
@@ -30,9 +30,9 @@
 //! - [`scheduler`]: jobs that publish on a schedule, leader election between replicas.
 //! - [`shutdown`]: signal handling, for `main` only.
 //!
-//! The library never binds ports, reads the environment (except [`config::Config::load`], which
-//! `main` calls) or installs signal handlers: the caller passes a listener, a config and a
-//! shutdown token in.
+//! The library never binds ports (but for `herald bench`'s in-process baseline), reads the
+//! environment (except [`config::Config::load`], which `main` calls) or installs signal
+//! handlers: the caller passes a listener, a config and a shutdown token in.
 
 pub mod auth;
 pub mod bench;

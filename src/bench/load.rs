@@ -34,6 +34,8 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Histograms and counters, sharded so that clients on different threads rarely share a lock.
 const SHARDS: usize = 64;
+/// How long one client may take to connect and subscribe before it counts as an error.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time given to deliveries still in flight when a step's publishing ends.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -103,10 +105,11 @@ fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
-/// The publish time a bench payload carries: `{"t":<µs>,...}`.
+/// The publish time a bench payload carries: `{"t":<µs>,...}` (a space may follow the colon,
+/// as other servers re-encode the JSON).
 fn publish_time(frame: &str) -> Option<u64> {
     let at = frame.find("\"t\":")? + 4;
-    let digits = &frame[at..];
+    let digits = frame[at..].trim_start();
     let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
     digits[..end].parse().ok()
 }
@@ -196,7 +199,10 @@ async fn connect_all(
         let group = format!("bench.{}", i % args.groups);
         let (stats, ready) = (stats.clone(), ready_tx.clone());
         clients.spawn(async move {
-            let joined = join(&url, source, herald.then_some(group.as_str())).await;
+            let joined =
+                tokio::time::timeout(CONNECT_TIMEOUT, join(&url, source, herald.then_some(group.as_str())))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("no session within {CONNECT_TIMEOUT:?}")));
             drop(slot);
             match joined {
                 Ok(socket) => {
@@ -246,10 +252,13 @@ async fn join(url: &str, source: IpAddr, group: Option<&str>) -> anyhow::Result<
         loop {
             let frame = ws.next().await.context("closed while subscribing")??;
             let Message::Text(text) = frame else { continue };
-            if text.contains(r#""type":"reply""#) {
-                break;
+            let answer: serde_json::Value =
+                serde_json::from_str(&text).context("a frame that is not JSON")?;
+            match answer["type"].as_str() {
+                Some("reply") => break,
+                Some("error") => anyhow::bail!("subscribe refused: {text}"),
+                _ => {}
             }
-            anyhow::ensure!(!text.contains(r#""type":"error""#), "subscribe refused: {text}");
         }
     }
     Ok(ws)
@@ -411,6 +420,7 @@ mod tests {
     fn reads_the_publish_time_from_a_frame() {
         let frame = r#"{"type":"message","group":"bench.0","data":{"t":1732712345123456,"p":"xx"}}"#;
         assert_eq!(publish_time(frame), Some(1_732_712_345_123_456));
+        assert_eq!(publish_time(r#"{"type": "message", "data": {"t": 17, "p": "x"}}"#), Some(17));
         assert_eq!(publish_time(r#"{"type":"reply","id":1}"#), None);
     }
 }

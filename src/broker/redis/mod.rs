@@ -53,13 +53,11 @@ pub fn pool(url: &str) -> Result<Pool, BrokerError> {
 
 /// Runs one command on a pooled connection within [`COMMAND_TIMEOUT`].
 pub async fn query<T: redis::FromRedisValue>(pool: &Pool, cmd: &redis::Cmd) -> Result<T, BrokerError> {
-    let run = async {
+    in_time(async {
         let mut conn = pool.get().await.map_err(unavailable)?;
         cmd.query_async::<T>(&mut conn).await.map_err(unavailable)
-    };
-    tokio::time::timeout(COMMAND_TIMEOUT, run)
-        .await
-        .map_err(|_| BrokerError::Unavailable("redis did not answer in time".into()))?
+    })
+    .await
 }
 
 /// Runs a Lua script on a pooled connection within [`COMMAND_TIMEOUT`].
@@ -67,11 +65,16 @@ pub async fn invoke<T: redis::FromRedisValue>(
     pool: &Pool,
     script: &redis::ScriptInvocation<'_>,
 ) -> Result<T, BrokerError> {
-    let run = async {
+    in_time(async {
         let mut conn = pool.get().await.map_err(unavailable)?;
         script.invoke_async::<T>(&mut conn).await.map_err(unavailable)
-    };
-    tokio::time::timeout(COMMAND_TIMEOUT, run)
+    })
+    .await
+}
+
+/// `unavailable` when Redis takes longer than [`COMMAND_TIMEOUT`].
+async fn in_time<T>(work: impl Future<Output = Result<T, BrokerError>>) -> Result<T, BrokerError> {
+    tokio::time::timeout(COMMAND_TIMEOUT, work)
         .await
         .map_err(|_| BrokerError::Unavailable("redis did not answer in time".into()))?
 }
