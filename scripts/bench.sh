@@ -17,16 +17,15 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
-gateway() { # name port -> starts a gateway, prints its pid
+gateway() { # name port -> starts a gateway (not in a subshell, so cleanup knows its pid)
   HERALD_AUTH=off HERALD_MAX_CONNECTIONS=20000 HERALD_MAX_CONNECTIONS_PER_IP=20000 RUST_LOG=warn \
     "$bin" gateway --redis-url "$redis_url" --listen "127.0.0.1:$2" --node-id "$1" >"$out/$1.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$2/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-  echo "${pids[-1]}"
 }
 
-p1=$(port); g1=$(gateway bench-1 "$p1")
-p2=$(port); g2=$(gateway bench-2 "$p2")
+p1=$(port); gateway bench-1 "$p1"; g1=${pids[-1]}
+p2=$(port); gateway bench-2 "$p2"; g2=${pids[-1]}
 
 echo "== throughput: 1 gateway, 1000 clients in one group, 100-byte payloads, rising rate"
 "$bin" bench --baseline --url "ws://127.0.0.1:$p1/ws" --redis-url "$redis_url" --clients 1000 --size 100 \
@@ -37,7 +36,7 @@ echo "== latency: 2 gateways, 2000 clients split across them, 50 msg/s (100,000 
   --clients 2000 --size 100 --rate 50 --duration 10s --pid "$g1,$g2" --json >"$out/latency.json"
 
 echo "== memory and idle cost: 15,000 idle subscribed connections, heartbeats on, 60 s"
-p3=$(port); g3=$(gateway bench-3 "$p3")
+p3=$(port); gateway bench-3 "$p3"; g3=${pids[-1]}
 "$bin" bench --url "ws://127.0.0.1:$p3/ws" --redis-url "$redis_url" --clients 15000 --sources 8 \
   --rate 0 --duration 60s --pid "$g3" --json >"$out/memory.json"
 kill "$g3"

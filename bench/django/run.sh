@@ -25,20 +25,20 @@ for layer in core pubsub; do
   urls=(); daphnes=()
   for _ in 1 2; do
     p=$(port)
+    # exec: the background pid is Daphne's own, so it can be stopped.
     (cd "$here" && CHANNEL_LAYER=$layer REDIS_URL="redis://127.0.0.1:$redis_port/0" \
-      "$venv/bin/daphne" -b 127.0.0.1 -p "$p" herald_compare.asgi:application >"$out/daphne-$layer-$p.log" 2>&1) &
+      exec "$venv/bin/daphne" -b 127.0.0.1 -p "$p" herald_compare.asgi:application >"$out/daphne-$layer-$p.log" 2>&1) &
     pids+=($!); daphnes+=($!); urls+=("ws://127.0.0.1:$p/ws")
   done
   for u in "${urls[@]}"; do
     hp=${u#ws://}; hp=${hp%/ws}
     for _ in $(seq 100); do curl -fs -o /dev/null -X POST "http://$hp/api/publish" -d '{"group":"warm","data":1}' && break; sleep 0.2; done
   done
-  # daphne forks nothing: the pids are the python processes themselves.
-  procs=$(pgrep -f "daphne -b 127.0.0.1" | paste -sd, -)
+  procs=$(IFS=,; echo "${daphnes[*]}")
   echo "== Django Channels, $layer layer, 2 Daphne processes" >&2
   "$bin" bench --url "$(IFS=,; echo "${urls[*]}")" --publish http --clients "$clients" --size 100 \
     --rate "$rates" --duration 5s --pid "$procs" --json >"$out/django-$layer.json"
   kill "${daphnes[@]}" 2>/dev/null || true
-  sleep 1
+  wait "${daphnes[@]}" 2>/dev/null || true
 done
 echo "reports in $out/django-*.json" >&2
