@@ -57,3 +57,10 @@ pub enum StartError {
     #[error("{0}")]
     Other(String),
 }
+
+/// Locks `mutex`, ignoring poisoning. Every lock in Herald guards state that a panic cannot
+/// leave half-updated in a harmful way (maps of members, counters, queues of frames), and one
+/// panicking task must not take every later user of the lock down with it.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

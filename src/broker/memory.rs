@@ -6,7 +6,7 @@
 //! epochs, trimming, expiry); presence needs no expiry, since a crash takes every entry with it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -18,6 +18,7 @@ use super::{
     new_epoch, publish_plain,
 };
 use crate::group::GroupName;
+use crate::lock;
 use crate::protocol::{ClientInfo, MessageParts};
 
 pub struct MemoryBroker {
@@ -39,10 +40,6 @@ impl MemoryBroker {
     pub fn new(sink: Arc<dyn Sink>) -> Self {
         Self { sink, histories: Mutex::default(), presence: Mutex::default(), node: Mutex::default() }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Groups tracked before expired histories are swept out.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{ConnectInfo, FromRequestParts, Query};
 use axum::http::request::Parts;
@@ -60,7 +60,7 @@ impl Admission {
     }
 
     fn reserve(&self, ip: IpAddr) -> Result<(), ApiError> {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = crate::lock(&self.counts);
         if counts.total >= self.max {
             let message = "this instance is at max_connections";
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message));
@@ -77,11 +77,11 @@ impl Admission {
 
     /// WebSocket connections currently held.
     pub fn connections(&self) -> usize {
-        self.counts.lock().unwrap_or_else(PoisonError::into_inner).total
+        crate::lock(&self.counts).total
     }
 
     fn release(&self, ip: IpAddr) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = crate::lock(&self.counts);
         counts.total -= 1;
         if let Some(from_ip) = counts.per_ip.get_mut(&ip) {
             *from_ip -= 1;

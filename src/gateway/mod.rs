@@ -17,8 +17,8 @@ pub use server::serve;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -127,12 +127,12 @@ impl Gateway {
     /// Registers a new session's outbox and returns its id.
     fn open_session(&self, outbox: &Arc<Outbox>) -> MemberId {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        self.live.lock().unwrap_or_else(PoisonError::into_inner).insert(id, outbox.clone());
+        crate::lock(&self.live).insert(id, outbox.clone());
         id
     }
 
     fn close_session(&self, id: MemberId) {
-        self.live.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        crate::lock(&self.live).remove(&id);
     }
 
     /// This instance as the cluster sees it.

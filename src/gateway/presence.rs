@@ -7,7 +7,7 @@
 //! same beat announces the instance and its counts for `GET /api/info`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::Gateway;
 use crate::group::GroupName;
@@ -20,7 +20,7 @@ pub struct LocalPresence {
 
 impl LocalPresence {
     fn lock(&self) -> MutexGuard<'_, HashMap<GroupName, HashMap<String, ClientInfo>>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::lock(&self.entries)
     }
 
     pub fn add(&self, group: &GroupName, client: &ClientInfo) {

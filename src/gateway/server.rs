@@ -10,7 +10,6 @@
 //! delivering meanwhile; the listener closes and the broker stops once the last session is gone.
 
 use std::sync::Arc;
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -85,8 +84,7 @@ async fn accept(listener: TcpListener, gateway: Arc<Gateway>, stop: Cancellation
 
 /// Closes every session with 1012, one at a time, evenly over `drain_period`.
 async fn drain(gateway: &Gateway) {
-    let outboxes: Vec<_> =
-        gateway.live.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+    let outboxes: Vec<_> = crate::lock(&gateway.live).values().cloned().collect();
     tracing::info!(sessions = outboxes.len(), period = ?gateway.config.drain_period, "draining");
     let gap = gateway.config.drain_period.checked_div(outboxes.len() as u32).unwrap_or_default();
     for outbox in outboxes {
@@ -94,7 +92,7 @@ async fn drain(gateway: &Gateway) {
         tokio::time::sleep(gap).await;
     }
     // Sessions that were still upgrading when the drain began.
-    for outbox in gateway.live.lock().unwrap_or_else(PoisonError::into_inner).values() {
+    for outbox in crate::lock(&gateway.live).values() {
         outbox.close(close::RESTARTING);
     }
 }

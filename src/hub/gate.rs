@@ -8,7 +8,7 @@
 //! a live frame read from Redis after the history that already contained it is a duplicate.
 //! A frame of another epoch (the history was lost and offsets restarted) always passes.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use axum::extract::ws::Utf8Bytes;
 
@@ -34,7 +34,7 @@ impl Gate {
 
     /// Fan-out: hands a frame (with its offset and epoch, when it has them) to the member.
     pub fn offer(&self, position: Option<(u64, &str)>, frame: Utf8Bytes, outbox: &Outbox) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = crate::lock(&self.state);
         match &mut *state {
             State::Holding(held) if held.len() >= self.limit => outbox.close(close::SLOW_CONSUMER),
             State::Holding(held) => held.push((position.map(|(o, e)| (o, e.to_string())), frame)),
@@ -48,7 +48,7 @@ impl Gate {
 
     /// Releases held frames newer than `last` (of `epoch`) and lets live frames through.
     pub fn go_live(&self, last: u64, epoch: &str, outbox: &Outbox) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = crate::lock(&self.state);
         let held = match std::mem::replace(&mut *state, State::Live { last, epoch: epoch.to_string() }) {
             State::Holding(held) => held,
             live @ State::Live { .. } => {

@@ -16,7 +16,7 @@ mod gate;
 use std::collections::HashMap;
 use std::collections::hash_map::{Entry, RandomState};
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -67,13 +67,12 @@ impl Registry {
 
     fn shard(&self, group: &str) -> MutexGuard<'_, Shard> {
         let index = self.hasher.hash_one(group) as usize % self.shards.len();
-        // A panic while holding a shard cannot leave a map half-updated in a harmful way.
-        self.shards[index].lock().unwrap_or_else(PoisonError::into_inner)
+        crate::lock(&self.shards[index])
     }
 
     /// Number of groups with at least one local member.
     pub fn group_count(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len()).sum()
+        self.shards.iter().map(|s| crate::lock(s).len()).sum()
     }
 }
 

@@ -19,6 +19,7 @@ use futures_util::future::BoxFuture;
 
 use crate::broker::BrokerError;
 use crate::broker::redis::{invoke, query};
+use crate::lock;
 
 type Answer<'a, T> = BoxFuture<'a, Result<T, BrokerError>>;
 
@@ -178,8 +179,4 @@ impl Coordinator for MemoryCoordinator {
         lock(&self.last).insert(job.to_string(), data.to_string());
         Box::pin(async { Ok(()) })
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
