@@ -196,7 +196,7 @@ fn token_field(token: Option<serde_json::Value>, id: Option<u64>) -> Result<Stri
     }
 }
 
-pub fn invalid_group(id: Option<u64>, e: &InvalidGroup) -> RequestError {
+fn invalid_group(id: Option<u64>, e: &InvalidGroup) -> RequestError {
     RequestError::new(id, ErrorCode::InvalidGroup, e.to_string())
 }
 
