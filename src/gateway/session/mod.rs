@@ -21,6 +21,7 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
+use governor::clock::DefaultClock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -102,7 +103,7 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, grant
     let info =
         ClientInfo { client: client.clone(), user: None, node: gateway.node_id().to_string(), info: None };
     let mut session = Session {
-        limiter: rate_limiter(config.rate_limit, config.rate_limit_burst),
+        limiter: rate_limiter(config.rate_limit, config.rate_limit_burst, &gateway.clock),
         gateway,
         id,
         outbox,
@@ -139,10 +140,10 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, grant
     .await;
 }
 
-fn rate_limiter(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
+fn rate_limiter(per_second: u32, burst: u32, clock: &DefaultClock) -> DefaultDirectRateLimiter {
     let per_second = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-    RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst))
+    RateLimiter::direct_with_clock(Quota::per_second(per_second).allow_burst(burst), clock.clone())
 }
 
 impl Session {
