@@ -231,7 +231,7 @@ async fn connect_all(
     (clients, connected, rate)
 }
 
-/// Connects from `source`, and for Herald reads the welcome and subscribes to `group`.
+/// Connects from `source`, and for Herald subscribes to `group` and waits for the reply.
 async fn join(url: &str, source: IpAddr, group: Option<&str>) -> anyhow::Result<Socket> {
     let request = url.into_client_request()?;
     let authority = request.uri().authority().context("url without host")?.as_str().to_string();
@@ -246,7 +246,8 @@ async fn join(url: &str, source: IpAddr, group: Option<&str>) -> anyhow::Result<
         tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config))
             .await?;
     if let Some(group) = group {
-        ws.next().await.context("no welcome")??;
+        // Sent without waiting for the welcome, as the protocol allows: the session answers
+        // it right after the welcome, and the two frames often share one packet.
         let subscribe = serde_json::json!({"type": "subscribe", "group": group, "id": 1}).to_string();
         ws.send(Message::text(subscribe)).await?;
         loop {

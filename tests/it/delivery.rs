@@ -3,7 +3,7 @@
 use herald::config::NamespaceConfig;
 use serde_json::json;
 
-use crate::harness::{Node, Redis, config, eventually};
+use crate::harness::{Client, Node, Redis, config, eventually};
 
 /// A gateway config on `redis` whose `chat` namespace accepts client publishes.
 fn chat_config(redis: &Redis, node: &str) -> herald::config::Config {
@@ -102,6 +102,20 @@ async fn unsubscribing_stops_delivery_and_the_last_member_drops_the_redis_subscr
     assert_eq!(redis.numsub(channel).await, 1);
     c.close().await;
     eventually("subscription dropped on disconnect", || async { redis.numsub(channel).await == 0 }).await;
+}
+
+#[tokio::test]
+async fn requests_sent_before_the_welcome_are_answered_after_it_in_order() {
+    let redis = Redis::start().await;
+    let node = Node::ready(chat_config(&redis, "gw-1")).await;
+    let mut client = Client::open(&node.ws_url("/ws"), &[]).await.unwrap();
+    client.send_text(r#"{"type":"subscribe","group":"chat.early","id":1}"#).await;
+    client.send_text(r#"{"type":"ping","id":2}"#).await;
+    assert_eq!(client.recv().await["type"], "welcome");
+    assert_eq!(client.recv().await, json!({"type": "reply", "id": 1}));
+    assert_eq!(client.recv().await, json!({"type": "reply", "id": 2}));
+    node.publish("chat.early", json!("hello")).await;
+    assert_eq!(client.message().await, ("chat.early".to_string(), json!("hello")));
 }
 
 #[tokio::test]
