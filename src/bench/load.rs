@@ -163,6 +163,10 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> 
     }
     eprintln!();
     clients.abort_all();
+    while clients.join_next().await.is_some() {}
+    if let Target::Baseline(server) = &target {
+        server.wait_closed().await;
+    }
     Ok(RunReport {
         target: name.into(),
         clients: args.clients,
