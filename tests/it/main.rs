@@ -2,6 +2,7 @@
 
 mod abuse;
 mod bad_input;
+mod bench;
 mod delivery;
 mod deployment;
 mod faults;
