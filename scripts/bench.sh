@@ -41,9 +41,21 @@ p3=$(port); gateway bench-3 "$p3"; g3=${pids[-1]}
   --rate 0 --duration 60s --pid "$g3" --json >"$out/memory.json"
 kill "$g3"
 
-echo "== Redis cost: redis-server CPU while publishing to 2 gateways"
+echo "== connections: new sessions per second (handshake + subscribe), 8000 clients, 5 runs"
+for run in 1 2 3 4 5; do
+  "$bin" bench --baseline --url "ws://127.0.0.1:$p1/ws" --redis-url "$redis_url" --clients 8000 --sources 8 \
+    --rate 0 --duration 0s --json >"$out/connect-$run.json"
+done
+
+echo "== Redis cost: redis-server CPU with 1, 2 and 4 gateways subscribed, pipelined publishing"
 redis_pid=$(cat "/tmp/herald-bench-redis-$redis_port.pid")
-"$bin" bench --url "ws://127.0.0.1:$p1/ws,ws://127.0.0.1:$p2/ws" --redis-url "$redis_url" --clients 20 \
-  --rate 5000,10000 --duration 10s --pid "$redis_pid" --json >"$out/redis.json"
+p4=$(port); gateway bench-4 "$p4"
+p5=$(port); gateway bench-5 "$p5"
+urls="ws://127.0.0.1:$p1/ws,ws://127.0.0.1:$p2/ws,ws://127.0.0.1:$p4/ws,ws://127.0.0.1:$p5/ws"
+for n in 1 2 4; do
+  # One client per gateway, so each of the first n gateways holds one subscription.
+  "$bin" bench --url "$(echo "$urls" | cut -d, -f1-$n)" --redis-url "$redis_url" --clients "$n" \
+    --rate 25000,50000,100000 --duration 10s --pid "$redis_pid" --json >"$out/redis-$n.json"
+done
 
 echo "reports in $out/"
