@@ -32,10 +32,14 @@ pub(super) async fn run(
     ping_interval: Duration,
 ) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    // Registered once: every frame wakes this loop, and re-arming the wait each time cost
+    // a measurable share of fan-out.
+    let closing = outbox.closing();
+    tokio::pin!(closing);
     loop {
         let written = tokio::select! {
             biased;
-            code = outbox.closing() => return send_close(&mut sink, code, &mut queue).await,
+            code = &mut closing => return send_close(&mut sink, code, &mut queue).await,
             frame = queue.recv() => match frame {
                 Some(frame) => write_batch(&mut sink, frame, &mut queue, &outbox).left_future(),
                 None => return,
@@ -44,7 +48,7 @@ pub(super) async fn run(
         };
         let result = tokio::select! {
             biased;
-            code = outbox.closing() => return send_close(&mut sink, code, &mut queue).await,
+            code = &mut closing => return send_close(&mut sink, code, &mut queue).await,
             result = written => result,
         };
         if let Err(e) = result {
