@@ -17,23 +17,24 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
-gateway() { # name port -> starts a gateway (not in a subshell, so cleanup knows its pid)
-  HERALD_AUTH=off HERALD_MAX_CONNECTIONS=20000 HERALD_MAX_CONNECTIONS_PER_IP=20000 RUST_LOG=warn \
+gateway() { # name port [workers] -> starts a gateway (not in a subshell, so cleanup knows its pid)
+  HERALD_AUTH=off HERALD_MAX_CONNECTIONS=20000 HERALD_MAX_CONNECTIONS_PER_IP=20000 HERALD_WORKERS="${3:-0}" RUST_LOG=warn \
     "$bin" gateway --redis-url "$redis_url" --listen "127.0.0.1:$2" --node-id "$1" >"$out/$1.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$2/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 }
 
 p1=$(port); gateway bench-1 "$p1"; g1=${pids[-1]}
-p2=$(port); gateway bench-2 "$p2"; g2=${pids[-1]}
-
 echo "== throughput: 1 gateway, 1000 clients in one group, 100-byte payloads, rising rate"
 "$bin" bench --baseline --url "ws://127.0.0.1:$p1/ws" --redis-url "$redis_url" --clients 1000 --size 100 \
   --rate 250,500,750,1000,1500 --duration 5s --pid "$g1" --json >"$out/throughput.json"
 
-echo "== latency: 2 gateways, 2000 clients split across them, 50 msg/s (100,000 deliveries/s)"
-"$bin" bench --baseline --url "ws://127.0.0.1:$p1/ws,ws://127.0.0.1:$p2/ws" --redis-url "$redis_url" \
-  --clients 2000 --size 100 --rate 50 --duration 10s --pid "$g1,$g2" --json >"$out/latency.json"
+echo "== latency: 2 gateways (one core each), 2000 clients split across them, 50 msg/s (100,000 deliveries/s)"
+pl1=$(port); gateway bench-l1 "$pl1" 1; gl1=${pids[-1]}
+pl2=$(port); gateway bench-l2 "$pl2" 1; gl2=${pids[-1]}
+"$bin" bench --baseline --url "ws://127.0.0.1:$pl1/ws,ws://127.0.0.1:$pl2/ws" --redis-url "$redis_url" \
+  --clients 2000 --sources 4 --size 100 --rate 50 --duration 30s --pid "$gl1,$gl2" --json >"$out/latency.json"
+kill "$gl1" "$gl2"
 
 echo "== memory and idle cost: 15,000 idle subscribed connections, heartbeats on, 60 s"
 p3=$(port); gateway bench-3 "$p3"; g3=${pids[-1]}
@@ -49,6 +50,7 @@ done
 
 echo "== Redis cost: redis-server CPU with 1, 2 and 4 gateways subscribed, pipelined publishing"
 redis_pid=$(cat "/tmp/herald-bench-redis-$redis_port.pid")
+p2=$(port); gateway bench-2 "$p2"
 p4=$(port); gateway bench-4 "$p4"
 p5=$(port); gateway bench-5 "$p5"
 urls="ws://127.0.0.1:$p1/ws,ws://127.0.0.1:$p2/ws,ws://127.0.0.1:$p4/ws,ws://127.0.0.1:$p5/ws"

@@ -55,15 +55,39 @@ enum Command {
 /// Exit code for a configuration error (as for a usage error).
 const EXIT_CONFIG: u8 = 2;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let command = cli.command.clone().unwrap_or(Command::Standalone);
-    match &command {
-        Command::Health { url } => return health(url).await,
-        Command::Bench(args) => {
-            return match herald::bench::run(args.clone()).await {
+    let config = match &command {
+        Command::Health { .. } | Command::Bench(_) => None,
+        _ => match load_config(&cli, &command) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("herald: {e:#}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = config.as_ref().map(|c| c.workers).filter(|w| *w > 0) {
+        runtime.worker_threads(workers);
+    }
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(command, config)),
+        Err(e) => {
+            eprintln!("herald: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `command`; `config` is loaded for every command but `health` and `bench`.
+async fn run(command: Command, config: Option<Config>) -> ExitCode {
+    let outcome = match (command, config) {
+        (Command::Health { url }, _) => return health(&url).await,
+        (Command::Bench(args), _) => {
+            return match herald::bench::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("herald bench: {e:#}");
@@ -71,20 +95,10 @@ async fn main() -> ExitCode {
                 }
             };
         }
-        _ => {}
-    }
-    let config = match load_config(&cli, &command) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("herald: {e:#}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let outcome = match command {
-        Command::Scheduler => run_scheduler(config).await,
-        Command::Standalone => run_gateway(config, true).await,
-        Command::Gateway => run_gateway(config, false).await,
-        Command::Health { .. } | Command::Bench(_) => unreachable!("run before the config is loaded"),
+        (Command::Scheduler, Some(config)) => run_scheduler(config).await,
+        (Command::Standalone, Some(config)) => run_gateway(config, true).await,
+        (Command::Gateway, Some(config)) => run_gateway(config, false).await,
+        (_, None) => unreachable!("the config is loaded for every serving command"),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

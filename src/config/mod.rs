@@ -38,6 +38,8 @@ fn invalid(key: impl std::fmt::Display, why: impl std::fmt::Display) -> ConfigEr
 pub struct Config {
     /// Address the HTTP/WebSocket server binds.
     pub listen: SocketAddr,
+    /// Worker threads of the process; 0: one per CPU core.
+    pub workers: usize,
     /// Redis URL; unset means the embedded in-memory broker (one instance only).
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel Herald uses.
@@ -108,6 +110,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            workers: 0,
             redis_url: None,
             redis_prefix: "herald".into(),
             node_id: random_node_id(),
@@ -174,6 +177,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.redis_url {
             redis::Client::open(url.as_str()).map_err(|e| invalid("redis_url", e))?;
+        }
+        if self.workers > 1024 {
+            return Err(invalid("workers", "must be at most 1024 (0: one per CPU core)"));
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
             return Err(invalid("redis_prefix", "must be non-empty and without spaces"));
@@ -317,6 +323,9 @@ mod tests {
             jail.set_env("HERALD_NODE_ID", "has space");
             assert!(err(jail).starts_with("node_id:"), "{}", err(jail));
             jail.set_env("HERALD_NODE_ID", "ok");
+            jail.set_env("HERALD_WORKERS", "5000");
+            assert!(err(jail).starts_with("workers:"), "{}", err(jail));
+            jail.set_env("HERALD_WORKERS", "2");
             jail.set_env("HERALD_LISTN", "typo");
             assert!(err(jail).to_lowercase().contains("listn"), "{}", err(jail));
             Ok(())
