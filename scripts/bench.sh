@@ -27,7 +27,7 @@ gateway() { # name port [workers] -> starts a gateway (not in a subshell, so cle
 p1=$(port); gateway bench-1 "$p1"; g1=${pids[-1]}
 echo "== throughput: 1 gateway, 1000 clients in one group, 100-byte payloads, rising rate"
 "$bin" bench --baseline --url "ws://127.0.0.1:$p1/ws" --redis-url "$redis_url" --clients 1000 --size 100 \
-  --rate 250,500,750,1000,1500 --duration 5s --pid "$g1" --json >"$out/throughput.json"
+  --rate 250,500,1000,1500,2000,3000 --duration 5s --pid "$g1" --json >"$out/throughput.json"
 
 echo "== latency: 2 gateways (one core each), 2000 clients split across them, 50 msg/s (100,000 deliveries/s)"
 pl1=$(port); gateway bench-l1 "$pl1" 1; gl1=${pids[-1]}

@@ -241,6 +241,9 @@ async fn join(url: &str, source: IpAddr, group: Option<&str>) -> anyhow::Result<
     let authority = request.uri().authority().context("url without host")?.as_str().to_string();
     let addr: SocketAddr = tokio::net::lookup_host(&authority).await?.next().context("unresolved host")?;
     let socket = tokio::net::TcpSocket::new_v4()?;
+    // Closed with a reset when the run ends: tens of thousands of TIME_WAIT sockets would hold
+    // their source ports and slow, then starve, the connects of the runs that follow.
+    socket.set_zero_linger()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
