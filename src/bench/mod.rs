@@ -76,7 +76,8 @@ pub enum PublishVia {
     Redis,
     /// `POST /api/publish` on the first URL's host.
     Http,
-    /// A WebSocket client's `publish` request (the group's namespace must allow it).
+    /// A WebSocket client's `publish` request (the group's namespace must allow it, and the
+    /// gateway's per-connection `rate_limit` applies).
     Ws,
 }
 
