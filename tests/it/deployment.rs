@@ -102,7 +102,7 @@ impl Nginx {
         );
         let path = dir.join("nginx.conf");
         std::fs::write(&path, conf).unwrap();
-        let child = Command::new(nginx_binary())
+        let child = Command::new(installed(&["/usr/sbin/nginx", "/usr/bin/nginx"], "nginx"))
             .args(["-p", &d.to_string(), "-c", &path.display().to_string(), "-g", "daemon off;"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -112,11 +112,9 @@ impl Nginx {
     }
 }
 
-fn nginx_binary() -> &'static str {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("nginx")
+/// The first of `paths` that exists, else `name` for a `PATH` lookup.
+fn installed(paths: &[&'static str], name: &'static str) -> &'static str {
+    paths.iter().copied().find(|p| std::path::Path::new(p).exists()).unwrap_or(name)
 }
 
 impl Drop for Nginx {
@@ -276,20 +274,13 @@ impl Chromedriver {
         let mut args: Vec<String> = args.map(String::from).to_vec();
         args.push(format!("--user-data-dir={}", profile.display()));
         let mut caps = serde_json::Map::new();
-        caps.insert("goog:chromeOptions".into(), json!({"binary": chromium_binary(), "args": args}));
+        caps.insert("goog:chromeOptions".into(), json!({"binary": installed(&["/usr/bin/chromium", "/usr/bin/chromium-browser"], "chromium"), "args": args}));
         fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&self.url)
             .await
             .expect("a chromium session")
     }
-}
-
-fn chromium_binary() -> &'static str {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("chromium")
 }
 
 impl Drop for Chromedriver {

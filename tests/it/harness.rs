@@ -161,12 +161,37 @@ pub fn config(redis: Option<&Redis>, node_id: &str) -> Config {
     }
 }
 
+/// A task of this process that runs until its token is cancelled: on `stop`, or on drop.
+struct Running {
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    fn spawn(shutdown: CancellationToken, task: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self { shutdown, task: Some(tokio::spawn(task)) }
+    }
+
+    /// Cancels the token and waits until the task has finished.
+    async fn stop(&mut self, what: &str) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task).await.unwrap_or_else(|_| panic!("{what} stops")).unwrap();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 /// One gateway instance running in this process.
 pub struct Node {
     pub addr: SocketAddr,
     pub id: String,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
+    running: Running,
 }
 
 impl Node {
@@ -180,8 +205,9 @@ impl Node {
         let id = config.node_id.clone();
         let shutdown = CancellationToken::new();
         let gateway = Gateway::new(config, shutdown.clone()).expect("gateway config");
-        let task = tokio::spawn(async move { gateway::serve(listener, gateway).await.unwrap() });
-        Self { addr, id, shutdown, task: Some(task) }
+        let running =
+            Running::spawn(shutdown, async move { gateway::serve(listener, gateway).await.unwrap() });
+        Self { addr, id, running }
     }
 
     /// A started gateway whose broker is ready (its Redis subscriber connected).
@@ -212,16 +238,7 @@ impl Node {
 
     /// Stops the gateway and waits until it has closed its sessions.
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(WAIT, task).await.expect("gateway stops").unwrap();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.running.stop("gateway").await;
     }
 }
 
@@ -443,8 +460,7 @@ impl Client {
 /// A scheduler running in this process, stopped (lease released) on `stop` or drop.
 pub struct InProcessScheduler {
     pub scheduler: Arc<Scheduler>,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
+    running: Running,
 }
 
 impl InProcessScheduler {
@@ -453,8 +469,8 @@ impl InProcessScheduler {
         let metrics = Arc::new(Metrics::default());
         let scheduler = Arc::new(Scheduler::on_redis(config, url, metrics).expect("valid scheduler config"));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(scheduler.clone().run(shutdown.clone()));
-        Self { scheduler, shutdown, task: Some(task) }
+        let running = Running::spawn(shutdown.clone(), scheduler.clone().run(shutdown));
+        Self { scheduler, running }
     }
 
     /// The job counter `pick` of `job`.
@@ -463,16 +479,7 @@ impl InProcessScheduler {
     }
 
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(WAIT, task).await.expect("scheduler stops").unwrap();
-        }
-    }
-}
-
-impl Drop for InProcessScheduler {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.running.stop("scheduler").await;
     }
 }
 
