@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -57,10 +57,7 @@ struct Stats {
 
 impl Stats {
     fn new() -> Self {
-        let shard = || {
-            let latency_us = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
-            Mutex::new(Shard { latency_us, deliveries: 0, last_us: 0 })
-        };
+        let shard = || Mutex::new(Shard { latency_us: histogram(), deliveries: 0, last_us: 0 });
         Self {
             shards: (0..SHARDS).map(|_| shard()).collect(),
             since_us: AtomicU64::new(0),
@@ -70,7 +67,7 @@ impl Stats {
     }
 
     fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
-        self.shards[i % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
+        crate::lock(&self.shards[i % SHARDS])
     }
 
     fn deliveries(&self) -> u64 {
@@ -80,7 +77,7 @@ impl Stats {
     /// Empties the shards, returning the merged histogram, the delivery count and the time
     /// of the last delivery.
     fn take(&self) -> (Histogram<u64>, u64, u64) {
-        let mut merged = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+        let mut merged = histogram();
         let (mut deliveries, mut last_us) = (0, 0);
         for i in 0..SHARDS {
             let mut shard = self.lock(i);
@@ -99,6 +96,11 @@ impl Stats {
         self.since_us.store(now, Ordering::Relaxed);
         now
     }
+}
+
+/// Latencies from 1 µs to 60 s, to three significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 fn now_us() -> u64 {

@@ -11,17 +11,14 @@
 //! - `<p>:job:<name>:last`: the data last published, for `on_change_only`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use deadpool_redis::Pool;
-use futures_util::future::BoxFuture;
 
-use crate::broker::BrokerError;
+use crate::broker::Answer;
 use crate::broker::redis::{invoke, query};
 use crate::lock;
-
-type Answer<'a, T> = BoxFuture<'a, Result<T, BrokerError>>;
 
 /// What scheduler replicas share. Every method is one atomic step.
 pub trait Coordinator: Send + Sync + 'static {
@@ -46,17 +43,25 @@ pub struct RedisCoordinator {
     prefix: String,
 }
 
-const RENEW: &str = r"
+static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return 0";
+return 0",
+    )
+});
 
-const RELEASE: &str = r"
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
-return 0";
+return 0",
+    )
+});
 
 impl RedisCoordinator {
     pub fn new(pool: Pool, prefix: &str) -> Self {
@@ -87,8 +92,7 @@ impl Coordinator for RedisCoordinator {
 
     fn renew<'a>(&'a self, holder: &'a str, ttl: Duration) -> Answer<'a, bool> {
         Box::pin(async move {
-            let script = redis::Script::new(RENEW);
-            let mut call = script.key(self.leader_key());
+            let mut call = RENEW.key(self.leader_key());
             call.arg(holder).arg(millis(ttl));
             Ok(invoke::<i64>(&self.pool, &call).await? == 1)
         })
@@ -96,8 +100,7 @@ impl Coordinator for RedisCoordinator {
 
     fn release<'a>(&'a self, holder: &'a str) -> Answer<'a, ()> {
         Box::pin(async move {
-            let script = redis::Script::new(RELEASE);
-            let mut call = script.key(self.leader_key());
+            let mut call = RELEASE.key(self.leader_key());
             call.arg(holder);
             invoke::<i64>(&self.pool, &call).await.map(drop)
         })

@@ -38,17 +38,16 @@ const POOL_SIZE: usize = 8;
 
 /// A command pool for `url`. Redis need not be reachable yet: connections are made on use.
 pub fn pool(url: &str) -> Result<Pool, BrokerError> {
-    let bad_url = |e: &dyn std::fmt::Display| BrokerError::Unavailable(format!("redis_url: {e}"));
     deadpool_redis::Config::from_url(url)
         .builder()
-        .map_err(|e| bad_url(&e))?
+        .map_err(bad_url)?
         .max_size(POOL_SIZE)
         .wait_timeout(Some(COMMAND_TIMEOUT))
         .create_timeout(Some(COMMAND_TIMEOUT))
         .recycle_timeout(Some(COMMAND_TIMEOUT))
         .runtime(Runtime::Tokio1)
         .build()
-        .map_err(|e| bad_url(&e))
+        .map_err(bad_url)
 }
 
 /// Runs one command on a pooled connection within [`COMMAND_TIMEOUT`].
@@ -81,6 +80,10 @@ async fn in_time<T>(work: impl Future<Output = Result<T, BrokerError>>) -> Resul
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
+}
+
+fn bad_url(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("redis_url: {e}"))
 }
 
 /// Publishes frames to Redis; what a process that never subscribes (the scheduler) uses.
@@ -170,8 +173,7 @@ impl RedisBroker {
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BrokerError> {
-        let client =
-            redis::Client::open(url).map_err(|e| BrokerError::Unavailable(format!("redis_url: {e}")))?;
+        let client = redis::Client::open(url).map_err(bad_url)?;
         let publisher = RedisPublisher::new(pool(url)?, prefix);
         let ready = Arc::new(AtomicBool::new(false));
         let (commands, rx) = mpsc::unbounded_channel();
