@@ -200,7 +200,7 @@ impl Config {
             return Err(invalid("outbound_queue", "must be between 1 and 1000000"));
         }
         for (name, namespace) in &self.namespaces {
-            if name.is_empty() || name.contains('.') || crate::group::GroupName::new(name).is_err() {
+            if name.contains('.') || crate::group::GroupName::new(name).is_err() {
                 return Err(invalid(format!("namespaces.{name}"), "not a valid namespace name"));
             }
             namespace.validate().map_err(|e| invalid(format!("namespaces.{name}"), e))?;

@@ -49,19 +49,15 @@ impl Gate {
     /// Releases held frames newer than `last` (of `epoch`) and lets live frames through.
     pub fn go_live(&self, last: u64, epoch: &str, outbox: &Outbox) {
         let mut state = crate::lock(&self.state);
-        let held = match std::mem::replace(&mut *state, State::Live { last, epoch: epoch.to_string() }) {
-            State::Holding(held) => held,
-            live @ State::Live { .. } => {
-                *state = live;
-                return;
-            }
-        };
-        let State::Live { last, epoch } = &mut *state else { unreachable!("set just above") };
-        for (position, frame) in held {
-            if advance(last, epoch, position.as_ref().map(|(o, e)| (*o, e.as_str()))) {
+        let State::Holding(held) = &mut *state else { return };
+        let (mut last, mut epoch) = (last, epoch.to_string());
+        for (position, frame) in std::mem::take(held) {
+            if advance(&mut last, &mut epoch, position.as_ref().map(|(o, e)| (*o, e.as_str()))) {
                 outbox.push(frame);
             }
         }
+        // Still under the lock: no live frame can slip in between the held ones and this.
+        *state = State::Live { last, epoch };
     }
 }
 

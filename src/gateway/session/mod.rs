@@ -184,12 +184,17 @@ impl Session {
 
     /// The next moment the session must be checked: heartbeat or token expiry.
     fn deadline(&self) -> Instant {
-        let config = &self.gateway.config;
-        let silent_until = self.last_seen + config.ping_interval + config.pong_timeout;
+        let silent_until = self.silent_until();
         match self.token_expiry() {
             Some(expiry) => silent_until.min(expiry),
             None => silent_until,
         }
+    }
+
+    /// When a client that stays silent (no pong either) has missed its heartbeat.
+    fn silent_until(&self) -> Instant {
+        let config = &self.gateway.config;
+        self.last_seen + config.ping_interval + config.pong_timeout
     }
 
     /// Why the session must end now, if it must.
@@ -198,9 +203,7 @@ impl Session {
             tracing::debug!("token expired");
             return Some(close::UNAUTHORIZED);
         }
-        let config = &self.gateway.config;
-        (self.last_seen + config.ping_interval + config.pong_timeout <= Instant::now())
-            .then_some(close::NO_PONG)
+        (self.silent_until() <= Instant::now()).then_some(close::NO_PONG)
     }
 
     /// Queues a frame for this client (waiting for room; a gone client is noticed by the reader).
