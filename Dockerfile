@@ -5,7 +5,10 @@ COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY assets assets
 COPY clients clients
-RUN cargo build --release --locked && strip target/release/herald
+# The workspace names the load tool; only the server is built.
+COPY bench/Cargo.toml bench/Cargo.toml
+COPY bench/src bench/src
+RUN cargo build --release --locked -p herald && strip target/release/herald
 
 # glibc and libgcc only; no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12:nonroot

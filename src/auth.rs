@@ -14,7 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use wildmatch::WildMatch;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::group::GroupName;
 
 /// Seconds of clock difference tolerated between the token issuer and the gateway.
@@ -50,12 +50,12 @@ pub struct Identity {
 
 impl Identity {
     /// `Some(allowed)` when the token limits subscriptions, `None` when it does not.
-    pub fn may_subscribe(&self, group: &GroupName) -> Option<bool> {
+    pub(crate) fn may_subscribe(&self, group: &GroupName) -> Option<bool> {
         self.subscribe.as_ref().map(|patterns| matches(patterns, group))
     }
 
     /// `Some(allowed)` when the token grants or limits publishing, `None` when it says nothing.
-    pub fn may_publish(&self, group: &GroupName) -> Option<bool> {
+    pub(crate) fn may_publish(&self, group: &GroupName) -> Option<bool> {
         self.publish.as_ref().map(|patterns| matches(patterns, group))
     }
 }
@@ -79,28 +79,17 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// The verifier of `config`, or `None` when no key is configured.
-    pub fn from_config(config: &Config) -> Result<Option<Self>, String> {
+    /// The verifier of `config`, or `None` when no key is configured. Reads and parses the
+    /// public key file, if any: an error names `auth_public_key_file`.
+    pub fn from_config(config: &Config) -> Result<Option<Self>, ConfigError> {
         let mut keys = Vec::new();
         if let Some(secret) = &config.auth_hmac_secret {
             keys.push((DecodingKey::from_secret(secret.as_bytes()), validation(Algorithm::HS256)));
         }
         if let Some(path) = &config.auth_public_key_file {
-            keys.push(Self::read_public_key(path)?);
+            keys.push(read_public_key(path).map_err(|e| ConfigError::new("auth_public_key_file", e))?);
         }
         Ok((!keys.is_empty()).then_some(Self { keys }))
-    }
-
-    /// Reads a PEM public key: RSA (RS256) or EC P-256 (ES256).
-    pub fn read_public_key(path: &Path) -> Result<(DecodingKey, Validation), String> {
-        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
-            return Ok((key, validation(Algorithm::RS256)));
-        }
-        match DecodingKey::from_ec_pem(&pem) {
-            Ok(key) => Ok((key, validation(Algorithm::ES256))),
-            Err(e) => Err(format!("{}: not an RSA or EC public key in PEM: {e}", path.display())),
-        }
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
@@ -126,6 +115,18 @@ impl Verifier {
             subscribe: patterns(claims.groups),
             publish: patterns(claims.publish),
         })
+    }
+}
+
+/// Reads a PEM public key: RSA (RS256) or EC P-256 (ES256).
+fn read_public_key(path: &Path) -> Result<(DecodingKey, Validation), String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+        return Ok((key, validation(Algorithm::RS256)));
+    }
+    match DecodingKey::from_ec_pem(&pem) {
+        Ok(key) => Ok((key, validation(Algorithm::ES256))),
+        Err(e) => Err(format!("{}: not an RSA or EC public key in PEM: {e}", path.display())),
     }
 }
 

@@ -47,7 +47,7 @@ impl GroupName {
 }
 
 /// The namespace of a group-like string (used for templates before they are filled in).
-pub fn namespace_of(name: &str) -> &str {
+pub(crate) fn namespace_of(name: &str) -> &str {
     name.split_once('.').map_or(name, |(ns, _)| ns)
 }
 

@@ -5,57 +5,73 @@
 //! group on every instance, through Redis.
 //!
 //! ```text
-//!  publishers                      Redis                     gateways (N, stateless)      browsers
-//!  POST /api/publish ──┐                                  ┌─ gateway A: hub ─ sessions ─ ws clients
-//!  client "publish" ───┼─► PUBLISH <prefix>:group:<g> ────┼─ gateway B: hub ─ sessions ─ ws clients
-//!                      │   (one per message)              └─ gateway C: hub ─ sessions ─ ws clients
-//!                      │                                         ▲ one SUBSCRIBE per group per instance
+//!  publish path                                      receive path (in every gateway)
+//!  ------------                                      -------------------------------
+//!  POST /api/publish ──┐                             Redis subscriber (one SUBSCRIBE per group)
+//!  client "publish" ───┼─► broker: one PUBLISH ──►     └► hub: group → local members (shared frame)
+//!  scheduler tick ─────┘   (or one history script)         └► gate: holds live frames while a member recovers
+//!                                                               └► outbox: bounded per client
+//!                                                                    └► writer task → socket
 //! ```
 //!
 //! A message is encoded into its client frame once, by the publisher; the frame crosses the
 //! broker as-is (behind a publish-time stamp the receiving instance strips) and every local
-//! member of the group gets the same shared bytes through a bounded per-client queue.
+//! member of the group gets the same shared bytes through its bounded queue.
+//!
+//! **Layering.** Dependencies point one way: `main` → [`gateway`] / [`scheduler`] → `hub` →
+//! `broker` → `redis` (connection plumbing). [`config`], [`group`], [`protocol`] and
+//! [`metrics`] are leaves that import no feature module.
 //!
 //! Module map:
-//! - [`auth`]: token verification and what a token permits.
-//! - [`bench`]: the load tool behind `herald bench`, and its baseline server.
-//! - [`config`]: layered, validated configuration.
+//! - [`config`]: layered configuration, validated once at load.
 //! - [`group`]: validated group names and namespaces.
 //! - [`protocol`]: client frames, error codes, close codes.
-//! - [`broker`]: the [`broker::Broker`] contract, in-memory and Redis implementations.
-//! - [`hub`]: group membership and fan-out to local sessions.
-//! - [`outbox`]: each client's bounded outbound queue and close signal.
 //! - [`metrics`]: every exported metric, in one place.
+//! - `redis`: Redis pools, command timeouts, scripts and reconnect backoff.
+//! - `broker`: the broker contract (publish, subscribe, history, presence, directory) with its
+//!   in-memory and Redis backends.
+//! - `hub`: group membership and fan-out to local sessions; the recovery gate.
+//! - `outbox`: each client's bounded outbound queue and close signal.
+//! - [`auth`]: token verification and what a token permits.
 //! - [`gateway`]: the axum server, WebSocket sessions, HTTP API, demo page.
 //! - [`scheduler`]: jobs that publish on a schedule, leader election between replicas.
 //! - [`shutdown`]: signal handling, for `main` only.
 //!
-//! The library never binds ports (but for `herald bench`'s in-process baseline), reads the
-//! environment (except [`config::Config::load`], which `main` calls) or installs signal
-//! handlers: the caller passes a listener, a config and a shutdown token in.
+//! The public surface is what `main`, the load tool (`herald-bench`) and the integration tests
+//! use: [`config`], [`gateway::Gateway`] with [`gateway::serve`], [`scheduler::Scheduler`],
+//! [`auth::Verifier`], the [`protocol`] codec, [`group`] names, [`group_channel`] and
+//! [`metrics::Metrics`]. Everything else is crate-private, so the compiler reports dead code.
+//! A scheduler may run inside a gateway process (standalone); it then publishes through that
+//! gateway's broker.
+//!
+//! The library never binds ports, reads the environment (except [`config::Config::load`], which
+//! `main` calls) or installs signal handlers: the caller passes a listener, a config and a
+//! shutdown token in.
 
 pub mod auth;
-pub mod bench;
-pub mod broker;
+mod broker;
 pub mod config;
 pub mod gateway;
 pub mod group;
-pub mod hub;
+mod hub;
 pub mod metrics;
-pub mod outbox;
+mod outbox;
 pub mod protocol;
+mod redis;
 pub mod scheduler;
 pub mod shutdown;
+
+pub use broker::redis::group_channel;
 
 /// Why a gateway or scheduler could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The config names something that does not compile (a route, a key file, a job).
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    #[error(transparent)]
-    Broker(#[from] broker::BrokerError),
-    #[error("{0}")]
-    Other(String),
+    /// The HTTP client of the scheduler's sources could not be built.
+    #[error("http client: {0}")]
+    HttpClient(reqwest::Error),
 }
 
 /// Locks `mutex`, ignoring poisoning. Every lock in Herald guards state that a panic cannot

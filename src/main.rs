@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herald::config::{AuthMode, Config, JobConfig, NamespaceConfig, Overrides};
+use herald::StartError;
+use herald::config::{Config, Mode, Overrides};
 use herald::gateway::{self, Gateway};
 use herald::metrics::Metrics;
 use herald::scheduler::Scheduler;
@@ -43,8 +44,6 @@ enum Command {
     Gateway,
     /// Runs the config's [[jobs]]; any number of replicas elect one leader through Redis.
     Scheduler,
-    /// Load-tests gateways (and a baseline server) and reports throughput, latency, connections.
-    Bench(herald::bench::BenchArgs),
     /// Exits 0 if the URL answers 2xx within 3 s (a container health check without curl).
     Health {
         #[arg(long, default_value = "http://127.0.0.1:8000/healthz")]
@@ -59,15 +58,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let command = cli.command.clone().unwrap_or(Command::Standalone);
-    let config = match &command {
-        Command::Health { .. } | Command::Bench(_) => None,
-        _ => match load_config(&cli, &command) {
-            Ok(config) => Some(config),
-            Err(e) => {
-                eprintln!("herald: {e:#}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        },
+    let mode = match command {
+        Command::Health { .. } => None,
+        Command::Standalone => Some(Mode::Standalone),
+        Command::Gateway => Some(Mode::Gateway),
+        Command::Scheduler => Some(Mode::Scheduler),
+    };
+    let config = match mode.map(|mode| load_config(&cli, mode)).transpose() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = config.as_ref().map(|c| c.workers).filter(|w| *w > 0) {
@@ -82,19 +84,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs `command`; `config` is loaded for every command but `health` and `bench`.
+/// Runs `command`; `config` is loaded for every command but `health`.
 async fn run(command: Command, config: Option<Config>) -> ExitCode {
     let outcome = match (command, config) {
         (Command::Health { url }, _) => return health(&url).await,
-        (Command::Bench(args), _) => {
-            return match herald::bench::run(args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("herald bench: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
         (Command::Scheduler, Some(config)) => run_scheduler(config).await,
         (Command::Standalone, Some(config)) => run_gateway(config, true).await,
         (Command::Gateway, Some(config)) => run_gateway(config, false).await,
@@ -104,63 +97,20 @@ async fn run(command: Command, config: Option<Config>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herald: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn load_config(cli: &Cli, command: &Command) -> anyhow::Result<Config> {
-    let overrides =
-        Overrides { listen: cli.listen, redis_url: cli.redis_url.clone(), node_id: cli.node_id.clone() };
-    let mut config = Config::load(cli.config.as_deref(), overrides)?;
-    match command {
-        Command::Gateway | Command::Scheduler if config.redis_url.is_none() => anyhow::bail!(
-            "invalid config: redis_url: this mode needs Redis (set HERALD_REDIS_URL); \
-             `herald standalone` runs one instance on the in-memory broker"
-        ),
-        // A gateway faces the internet: clients must authenticate unless the config says otherwise.
-        Command::Gateway => {
-            config.auth.get_or_insert(AuthMode::Required);
-        }
-        Command::Scheduler | Command::Health { .. } | Command::Bench(_) => {}
-        Command::Standalone => {
-            config.auth.get_or_insert(AuthMode::Off);
-            // Pages served by a dev server on another local port may connect.
-            config.allowed_origins.extend(LOCAL_ORIGINS.iter().map(|o| o.to_string()));
-            // The demo chat publishes from the browser, recovers after reconnects and shows
-            // who is there; the demo panel shows the demo jobs.
-            config.namespaces.entry("chat".into()).or_insert(NamespaceConfig {
-                client_publish: true,
-                history_size: 100,
-                presence: true,
-                join_leave: true,
-                ..NamespaceConfig::default()
-            });
-            if config.jobs.is_empty() {
-                config.jobs = demo_jobs();
+            // A config that loaded but does not compile (a route, a key file, a job) is a
+            // config error too.
+            match e.downcast_ref::<StartError>() {
+                Some(StartError::Config(_)) => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::FAILURE,
             }
         }
     }
-    // The mode's defaults may need keys the file did not give (a gateway's auth secret).
-    config.validate()?;
-    Ok(config)
 }
 
-/// Origins standalone accepts besides its own host.
-const LOCAL_ORIGINS: &[&str] =
-    &["http://localhost", "http://localhost:*", "http://127.0.0.1", "http://127.0.0.1:*", "http://[::1]:*"];
-
-/// What standalone runs when the config has no jobs: the demo page's live panel.
-fn demo_jobs() -> Vec<JobConfig> {
-    let job = |name: &str, group: &str, every: &str, builtin: &str| JobConfig {
-        name: name.into(),
-        group: group.into(),
-        every: Some(every.into()),
-        align: true,
-        builtin: Some(builtin.into()),
-        ..JobConfig::default()
-    };
-    vec![job("demo-clock", "demo.clock", "1s", "clock"), job("demo-system", "demo.system", "5s", "system")]
+fn load_config(cli: &Cli, mode: Mode) -> Result<Config, herald::config::ConfigError> {
+    let overrides =
+        Overrides { listen: cli.listen, redis_url: cli.redis_url.clone(), node_id: cli.node_id.clone() };
+    Config::load(cli.config.as_deref(), overrides, mode)
 }
 
 /// A gateway; in standalone mode with the scheduler running in the same process.
@@ -169,13 +119,12 @@ async fn run_gateway(config: Config, with_scheduler: bool) -> anyhow::Result<()>
     herald::shutdown::on_signal(shutdown.clone());
     let listen = config.listen;
     let broker = if config.redis_url.is_some() { "redis" } else { "memory" };
+    let scheduler_config = with_scheduler.then(|| config.clone());
+    let gateway = Gateway::new(config, shutdown.clone())?;
+    let scheduler = scheduler_config.map(|config| Scheduler::in_process(&config, &gateway)).transpose()?;
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let scheduler_config = with_scheduler.then(|| config.clone());
-    let gateway = Gateway::new(config, shutdown.clone()).context("cannot start the gateway")?;
-    if let Some(config) = scheduler_config {
-        let scheduler = Scheduler::in_process(&config, gateway.hub().publisher(), gateway.metrics().clone())
-            .context("cannot start the scheduler")?;
+    if let Some(scheduler) = scheduler {
         tokio::spawn(Arc::new(scheduler).run(shutdown));
     }
     tracing::info!(%listen, node = gateway.node_id(), broker, "herald listening on http://{listen}/");
@@ -187,13 +136,11 @@ async fn run_gateway(config: Config, with_scheduler: bool) -> anyhow::Result<()>
 async fn run_scheduler(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     herald::shutdown::on_signal(shutdown.clone());
-    let url = config.redis_url.clone().context("redis_url is required")?;
     let listen = config.listen;
+    let metrics = Arc::new(Metrics::default());
+    let scheduler = Scheduler::on_redis(&config, metrics.clone())?;
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let metrics = Arc::new(Metrics::default());
-    let scheduler =
-        Scheduler::on_redis(&config, &url, metrics.clone()).context("cannot start the scheduler")?;
     tokio::spawn(herald::scheduler::serve_status(listener, metrics, shutdown.clone()));
     tracing::info!(%listen, "scheduler status on http://{listen}/healthz and /metrics");
     Arc::new(scheduler).run(shutdown).await;

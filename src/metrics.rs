@@ -123,7 +123,7 @@ impl Metrics {
         text
     }
 
-    pub fn dropped(&self, reason: &'static str) {
+    pub(crate) fn dropped(&self, reason: &'static str) {
         self.drops.get_or_create(&Reason { reason }).inc();
     }
 

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::close;
 
-pub struct Outbox {
+pub(crate) struct Outbox {
     tx: mpsc::Sender<Utf8Bytes>,
     /// Bytes queued and not yet taken by the writer, bounded by `max_bytes`.
     queued_bytes: AtomicUsize,
@@ -28,7 +28,7 @@ pub struct Outbox {
 impl Outbox {
     /// A queue of at most `capacity` frames and `max_bytes` bytes, and the receiving end for
     /// the session's writer (which must call [`Outbox::taken`] for each frame it takes).
-    pub fn new(capacity: usize, max_bytes: usize) -> (Self, mpsc::Receiver<Utf8Bytes>) {
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> (Self, mpsc::Receiver<Utf8Bytes>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let outbox = Self {
             tx,
@@ -42,7 +42,7 @@ impl Outbox {
 
     /// Queues a fan-out frame without waiting; a full queue (in frames or bytes) closes the
     /// client with 4008. Returns whether the frame was queued.
-    pub fn push(&self, frame: Utf8Bytes) -> bool {
+    pub(crate) fn push(&self, frame: Utf8Bytes) -> bool {
         let len = frame.len();
         if self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len > self.max_bytes {
             self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
@@ -63,7 +63,7 @@ impl Outbox {
 
     /// Queues a frame for this client alone, waiting for room in frames (its bytes count
     /// against the bound of fan-out frames). False once the writer is gone.
-    pub async fn send(&self, frame: Utf8Bytes) -> bool {
+    pub(crate) async fn send(&self, frame: Utf8Bytes) -> bool {
         let len = frame.len();
         self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         let sent = self.tx.send(frame).await.is_ok();
@@ -74,19 +74,19 @@ impl Outbox {
     }
 
     /// The writer took a frame of `len` bytes off the queue.
-    pub fn taken(&self, len: usize) {
+    pub(crate) fn taken(&self, len: usize) {
         self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
     }
 
     /// Asks the writer to close the connection with `code`. Later requests are ignored.
-    pub fn close(&self, code: u16) {
+    pub(crate) fn close(&self, code: u16) {
         if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.closing.cancel();
         }
     }
 
     /// The close code, if a close was asked for.
-    pub fn close_requested(&self) -> Option<u16> {
+    pub(crate) fn close_requested(&self) -> Option<u16> {
         match self.close_code.load(Ordering::Acquire) {
             0 => None,
             code => Some(code),
@@ -94,7 +94,7 @@ impl Outbox {
     }
 
     /// Waits until a close is asked for and returns its code.
-    pub async fn closing(&self) -> u16 {
+    pub(crate) async fn closing(&self) -> u16 {
         self.closing.cancelled().await;
         self.close_code.load(Ordering::Acquire)
     }

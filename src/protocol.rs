@@ -1,6 +1,6 @@
 //! Client protocol v1: the JSON text frames spoken on a WebSocket, error codes and close codes.
 //!
-//! Decoding is two-step on purpose: a frame is first read into a loose [`RawFrame`] (every field
+//! Decoding is two-step on purpose: a frame is first read into a loose `RawFrame` (every field
 //! optional, unknown fields ignored) so that a bad frame still yields its `id` and a precise
 //! [`ErrorCode`]; only then is it turned into a typed [`Request`]. Nothing in here panics on any
 //! input. Encoding produces shared [`Utf8Bytes`]: a group message is encoded once per instance and
@@ -13,23 +13,21 @@ use serde_json::value::RawValue;
 use crate::group::{GroupName, InvalidGroup};
 
 /// WebSocket close codes Herald sends.
-pub mod close {
+pub(crate) mod close {
     /// Normal closure.
-    pub const NORMAL: u16 = 1000;
+    pub(crate) const NORMAL: u16 = 1000;
     /// A client frame exceeded `max_frame_bytes`.
-    pub const TOO_LARGE: u16 = 1009;
+    pub(crate) const TOO_LARGE: u16 = 1009;
     /// The instance is shutting down; reconnect (to another instance).
-    pub const RESTARTING: u16 = 1012;
+    pub(crate) const RESTARTING: u16 = 1012;
     /// Missing, invalid or expired credentials.
-    pub const UNAUTHORIZED: u16 = 4001;
-    /// The connection is not allowed.
-    pub const FORBIDDEN: u16 = 4003;
+    pub(crate) const UNAUTHORIZED: u16 = 4001;
     /// The client did not read fast enough and its outbound queue overflowed.
-    pub const SLOW_CONSUMER: u16 = 4008;
+    pub(crate) const SLOW_CONSUMER: u16 = 4008;
     /// The client kept exceeding its rate limit.
-    pub const RATE_LIMITED: u16 = 4029;
+    pub(crate) const RATE_LIMITED: u16 = 4029;
     /// The client answered no ping for `ping_interval + pong_timeout`.
-    pub const NO_PONG: u16 = 4000;
+    pub(crate) const NO_PONG: u16 = 4000;
 }
 
 /// The `code` of an `error` frame.
@@ -84,7 +82,7 @@ pub struct Since {
 
 /// A client as others see it in presence and join/leave events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientInfo {
+pub(crate) struct ClientInfo {
     pub client: String,
     pub user: Option<String>,
     pub node: String,
@@ -110,7 +108,7 @@ pub struct RequestError {
 }
 
 impl RequestError {
-    pub fn new(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
         Self { id, code, message: message.into() }
     }
 }
@@ -241,17 +239,17 @@ fn encode(frame: &ServerFrame<'_>) -> Utf8Bytes {
 }
 
 /// `{"type":"welcome","client":..,"node":..}`, the first frame of every connection.
-pub fn welcome(client: &str, node: &str) -> Utf8Bytes {
+pub(crate) fn welcome(client: &str, node: &str) -> Utf8Bytes {
     encode(&ServerFrame::Welcome { client, node })
 }
 
 /// `{"type":"reply","id":..}` (with `result` where the request has one).
-pub fn reply(id: Option<u64>, result: Option<&serde_json::Value>) -> Utf8Bytes {
+pub(crate) fn reply(id: Option<u64>, result: Option<&serde_json::Value>) -> Utf8Bytes {
     encode(&ServerFrame::Reply { id, result })
 }
 
 /// `{"type":"error","id":..,"code":..,"message":..}`.
-pub fn error(err: &RequestError) -> Utf8Bytes {
+pub(crate) fn error(err: &RequestError) -> Utf8Bytes {
     encode(&ServerFrame::Error { id: err.id, code: err.code, message: &err.message })
 }
 
@@ -261,17 +259,39 @@ pub fn message(group: &GroupName, data: &RawValue) -> Utf8Bytes {
     encode(&ServerFrame::Message { group: group.as_str(), data })
 }
 
+/// A request frame as a client sends it, for Herald's own clients in Rust (the load tool):
+/// `{"type":"subscribe","group":..,"id":..}` or `{"type":"publish","group":..,"data":..}`.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame<'a> {
+    Subscribe {
+        group: &'a GroupName,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Publish {
+        group: &'a GroupName,
+        data: &'a RawValue,
+    },
+}
+
+impl ClientFrame<'_> {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("client frames always serialize")
+    }
+}
+
 /// A message frame of a group with history, in three parts around its offset and epoch, so the
 /// broker that assigns the offset (a Redis script) can finish it without knowing the format:
 /// `head + offset + middle + epoch + tail`.
-pub struct MessageParts {
+pub(crate) struct MessageParts {
     pub head: String,
     pub middle: &'static str,
     pub tail: String,
 }
 
 impl MessageParts {
-    pub fn new(group: &GroupName, data: &RawValue) -> Self {
+    pub(crate) fn new(group: &GroupName, data: &RawValue) -> Self {
         // Group names and epochs need no JSON escaping: both use a plain ASCII alphabet.
         Self {
             head: format!(r#"{{"type":"message","group":"{group}","offset":"#),
@@ -280,14 +300,14 @@ impl MessageParts {
         }
     }
 
-    pub fn finish(&self, offset: u64, epoch: &str) -> Utf8Bytes {
+    pub(crate) fn finish(&self, offset: u64, epoch: &str) -> Utf8Bytes {
         Utf8Bytes::from(format!("{}{offset}{}{epoch}{}", self.head, self.middle, self.tail))
     }
 }
 
 /// The offset and epoch of a message frame of a group with history, read from the fixed
 /// prefix [`MessageParts`] gives it; `None` for any other frame.
-pub fn frame_position(frame: &str) -> Option<(u64, &str)> {
+pub(crate) fn frame_position(frame: &str) -> Option<(u64, &str)> {
     let rest = frame.strip_prefix(r#"{"type":"message","group":""#)?;
     let (_, rest) = rest.split_once('"')?;
     let digits = rest.strip_prefix(r#","offset":"#)?;
@@ -299,12 +319,12 @@ pub fn frame_position(frame: &str) -> Option<(u64, &str)> {
 }
 
 /// `{"type":"join","group":..,"client":{..}}`.
-pub fn join(group: &GroupName, client: &ClientInfo) -> Utf8Bytes {
+pub(crate) fn join(group: &GroupName, client: &ClientInfo) -> Utf8Bytes {
     encode(&ServerFrame::Join { group: group.as_str(), client })
 }
 
 /// `{"type":"leave","group":..,"client":{..}}`.
-pub fn leave(group: &GroupName, client: &ClientInfo) -> Utf8Bytes {
+pub(crate) fn leave(group: &GroupName, client: &ClientInfo) -> Utf8Bytes {
     encode(&ServerFrame::Leave { group: group.as_str(), client })
 }
 
@@ -384,5 +404,20 @@ mod tests {
         assert_eq!(frame_position(&with_offset), Some((42, "ep0ch")));
         assert_eq!(frame_position(&message(&g, &data)), None);
         assert_eq!(frame_position(r#"{"type":"join","group":"g"}"#), None);
+    }
+
+    #[test]
+    fn client_frames_decode_as_what_they_encode() {
+        let g = GroupName::new("chat.x").unwrap();
+        let subscribe = ClientFrame::Subscribe { group: &g, id: Some(1) }.encode();
+        assert_eq!(subscribe, r#"{"type":"subscribe","group":"chat.x","id":1}"#);
+        assert!(
+            matches!(decode(&subscribe).unwrap().request, Request::Subscribe { group, .. } if group == g)
+        );
+        let data = RawValue::from_string("[1]".into()).unwrap();
+        let publish = ClientFrame::Publish { group: &g, data: &data }.encode();
+        assert!(
+            matches!(decode(&publish).unwrap().request, Request::Publish { data, .. } if data.get() == "[1]")
+        );
     }
 }

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The same fan-out workload against Django Channels: two Daphne processes on one Redis, with
 # the core layer and with the pub/sub layer. Usage: [CLIENTS=N] bash bench/django/run.sh [rates]
-# Needs python3 and redis-server; builds the herald binary for its bench tool.
+# Needs python3 and redis-server; builds the load tool (herald-bench).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../.."
 rates="${1:-100,250,500,1000}"
 clients="${CLIENTS:-1000}"
 (cd "$root" && cargo build --release --quiet)
-bin="$root/target/release/herald"
+load="$root/target/release/herald-bench"
 venv="$here/.venv"
 [ -x "$venv/bin/daphne" ] || { python3 -m venv "$venv"; "$venv/bin/pip" install -q -r "$here/requirements.txt"; }
 out="$root/bench-results"
@@ -36,7 +36,7 @@ for layer in core pubsub; do
   done
   procs=$(IFS=,; echo "${daphnes[*]}")
   echo "== Django Channels, $layer layer, 2 Daphne processes" >&2
-  "$bin" bench --url "$(IFS=,; echo "${urls[*]}")" --publish http --clients "$clients" --size 100 \
+  "$load" --url "$(IFS=,; echo "${urls[*]}")" --publish http --clients "$clients" --size 100 \
     --rate "$rates" --duration 5s --pid "$procs" --json >"$out/django-$layer.json"
   kill "${daphnes[@]}" 2>/dev/null || true
   wait "${daphnes[@]}" 2>/dev/null || true

@@ -14,22 +14,24 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::{
-    Answer, Broker, HistoryPolicy, HistorySlice, NodeInfo, Position, Publisher, Sink, Subscription,
-    new_epoch, publish_plain,
+    Answer, Broker, Directory, History, HistoryPolicy, HistorySlice, NodeInfo, Position, Presence, Publisher,
+    Sink, Subscriber, Subscription, new_epoch, publish_plain,
 };
 use crate::group::GroupName;
 use crate::lock;
 use crate::protocol::{ClientInfo, MessageParts};
 
-pub struct MemoryBroker {
+/// Every part of the broker contract, in this process's memory.
+pub(crate) struct MemoryBroker {
     sink: Arc<dyn Sink>,
-    histories: Mutex<HashMap<GroupName, History>>,
+    histories: Mutex<HashMap<GroupName, Log>>,
     presence: Mutex<HashMap<GroupName, BTreeMap<String, ClientInfo>>>,
     /// The one node there is, once announced.
     node: Mutex<Option<NodeInfo>>,
 }
 
-struct History {
+/// One group's history: its epoch, newest offset, retained frames and expiry.
+struct Log {
     epoch: String,
     offset: u64,
     messages: VecDeque<(u64, Utf8Bytes)>,
@@ -37,7 +39,19 @@ struct History {
 }
 
 impl MemoryBroker {
-    pub fn new(sink: Arc<dyn Sink>) -> Self {
+    /// A broker whose every part is this one in-memory store.
+    pub(crate) fn start(sink: Arc<dyn Sink>) -> Broker {
+        let broker = Arc::new(Self::new(sink));
+        Broker {
+            publisher: broker.clone(),
+            subscriber: broker.clone(),
+            history: broker.clone(),
+            presence: broker.clone(),
+            directory: broker,
+        }
+    }
+
+    pub(crate) fn new(sink: Arc<dyn Sink>) -> Self {
         Self { sink, histories: Mutex::default(), presence: Mutex::default(), node: Mutex::default() }
     }
 }
@@ -46,23 +60,19 @@ impl MemoryBroker {
 const SWEEP_ABOVE: usize = 1024;
 
 /// The group's history, started afresh (new epoch) if it has none or it expired.
-fn live<'a>(
-    histories: &'a mut HashMap<GroupName, History>,
-    group: &GroupName,
-    ttl: Duration,
-) -> &'a mut History {
+fn live<'a>(histories: &'a mut HashMap<GroupName, Log>, group: &GroupName, ttl: Duration) -> &'a mut Log {
     let now = Instant::now();
     if histories.len() >= SWEEP_ABOVE && !histories.contains_key(group) {
         histories.retain(|_, h| h.expires > now);
     }
-    let history = histories.entry(group.clone()).or_insert_with(|| History {
+    let history = histories.entry(group.clone()).or_insert_with(|| Log {
         epoch: new_epoch(),
         offset: 0,
         messages: VecDeque::new(),
         expires: now + ttl,
     });
     if history.expires <= now {
-        *history = History { epoch: new_epoch(), offset: 0, messages: VecDeque::new(), expires: now + ttl };
+        *history = Log { epoch: new_epoch(), offset: 0, messages: VecDeque::new(), expires: now + ttl };
     }
     history
 }
@@ -97,7 +107,7 @@ impl Publisher for MemoryBroker {
     }
 }
 
-impl Broker for MemoryBroker {
+impl Subscriber for MemoryBroker {
     fn subscribe(&self, _group: &GroupName) -> Subscription {
         Subscription::confirmed()
     }
@@ -107,8 +117,10 @@ impl Broker for MemoryBroker {
     fn is_ready(&self) -> bool {
         true
     }
+}
 
-    fn history<'a>(
+impl History for MemoryBroker {
+    fn read<'a>(
         &'a self,
         group: &'a GroupName,
         since: u64,
@@ -130,13 +142,10 @@ impl Broker for MemoryBroker {
         };
         Box::pin(std::future::ready(Ok(slice)))
     }
+}
 
-    fn presence_set<'a>(
-        &'a self,
-        group: &'a GroupName,
-        clients: &'a [ClientInfo],
-        _ttl: Duration,
-    ) -> Answer<'a, ()> {
+impl Presence for MemoryBroker {
+    fn set<'a>(&'a self, group: &'a GroupName, clients: &'a [ClientInfo], _ttl: Duration) -> Answer<'a, ()> {
         let mut presence = lock(&self.presence);
         let entries = presence.entry(group.clone()).or_default();
         for client in clients {
@@ -145,7 +154,7 @@ impl Broker for MemoryBroker {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn presence_remove<'a>(&'a self, group: &'a GroupName, client: &'a str) -> Answer<'a, ()> {
+    fn remove<'a>(&'a self, group: &'a GroupName, client: &'a str) -> Answer<'a, ()> {
         let mut presence = lock(&self.presence);
         if let Some(entries) = presence.get_mut(group) {
             entries.remove(client);
@@ -156,12 +165,14 @@ impl Broker for MemoryBroker {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn presence<'a>(&'a self, group: &'a GroupName) -> Answer<'a, Vec<ClientInfo>> {
+    fn list<'a>(&'a self, group: &'a GroupName) -> Answer<'a, Vec<ClientInfo>> {
         let clients =
             lock(&self.presence).get(group).map(|e| e.values().cloned().collect()).unwrap_or_default();
         Box::pin(std::future::ready(Ok(clients)))
     }
+}
 
+impl Directory for MemoryBroker {
     fn announce<'a>(&'a self, node: &'a NodeInfo, _ttl: Duration) -> Answer<'a, ()> {
         *lock(&self.node) = Some(node.clone());
         Box::pin(std::future::ready(Ok(())))

@@ -1,19 +1,27 @@
-//! Brokers carry published frames between gateway instances.
+//! Brokers carry published frames between gateway instances and keep what instances share.
 //!
-//! A [`Broker`] is chosen once, in `main`, from config: [`memory::MemoryBroker`] when no
-//! `redis_url` is set (one instance only), [`redis::RedisBroker`] otherwise. Both hand every
-//! message of a subscribed group to the instance's [`Sink`] (the hub's registry), which fans it
-//! out to local members.
+//! The contract is split along what backends actually differ in, one narrow trait each, so a
+//! backend implements small pieces and a test double implements only what its test needs:
 //!
-//! # Delivery contract
+//! - [`Publisher`]: send a frame to a group on every instance, optionally appending it to the
+//!   group's history in the same atomic step. All a scheduler needs.
+//! - [`Subscriber`]: this instance's subscriptions; messages arrive at the instance's [`Sink`].
+//! - [`History`]: read a group's retained messages for recovery.
+//! - [`Presence`]: who is subscribed to a group, across instances, with expiry.
+//! - [`Directory`]: which instances are alive.
+//!
+//! A [`Broker`] bundles one backend's implementations. It is chosen once, from config:
+//! [`memory`] when no `redis_url` is set (one instance only), [`redis`] otherwise.
+//!
+//! # Delivery contract (Publisher + Subscriber)
 //!
 //! - **At most once.** A message published while an instance is not subscribed to its group (or
 //!   while the broker connection is down) is not delivered to that instance, and is never
-//!   delivered twice.
-//! - **Ordered per publisher and group.** Frames that one publisher hands to [`Broker::publish`]
-//!   one after the other (each awaited) reach every subscribed instance in that order.
-//! - **One subscription per group per instance.** [`Broker::subscribe`] and
-//!   [`Broker::unsubscribe`] are called by the hub only on the first join and after the last
+//!   delivered twice. Groups with history close that gap: their members recover from history.
+//! - **Ordered per publisher and group.** Frames that one publisher hands to [`Publisher`] one
+//!   after the other (each awaited) reach every subscribed instance in that order.
+//! - **One subscription per group per instance.** [`Subscriber::subscribe`] and
+//!   [`Subscriber::unsubscribe`] are called by the hub only on the first join and after the last
 //!   leave of a group; calls for one group are applied in the order they were made. After a
 //!   reconnect the broker re-establishes every subscription that is still wanted, without any
 //!   action from the hub or the clients.
@@ -27,17 +35,18 @@
 //! `size`, expiring `ttl` after the last publish) and publishes it; the frame carries `offset`
 //! and `epoch`. The epoch changes whenever the history is lost (expired, or Redis restarted
 //! without persistence), so a client can tell "nothing missed" from "history gone".
-//! [`Broker::history`] reads the retained messages after an offset; the hub merges them with the
+//! [`History::read`] returns the retained messages after an offset; the hub merges them with the
 //! live stream by offset, so a recovering client sees every message once, in order.
 //!
-//! # Presence
+//! # Presence and the directory
 //!
-//! Presence entries are stored per group with an expiry; each instance refreshes its own
-//! entries, so those of a crashed instance vanish within the TTL.
+//! Entries are stored with an expiry; each instance refreshes its own, so those of a crashed
+//! instance vanish within the TTL.
 
-pub mod memory;
-pub mod redis;
+pub(crate) mod memory;
+pub(crate) mod redis;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -45,41 +54,66 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
+use crate::config::{Config, ConfigError, NamespaceConfig};
 use crate::group::GroupName;
+use crate::metrics::Metrics;
 use crate::protocol::{self, ClientInfo};
 
 /// What a broker call resolves to.
-pub type Answer<'a, T> = BoxFuture<'a, Result<T, BrokerError>>;
+pub(crate) type Answer<'a, T> = BoxFuture<'a, Result<T, BrokerError>>;
+
+/// Errors a broker reports to publishers and subscribers.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum BrokerError {
+    /// The broker cannot be reached right now; the caller may retry later.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<crate::redis::Unavailable> for BrokerError {
+    fn from(e: crate::redis::Unavailable) -> Self {
+        Self::Unavailable(e.0)
+    }
+}
 
 /// History kept for a group: the last `size` messages, for `ttl` after the last publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryPolicy {
-    pub size: usize,
-    pub ttl: Duration,
+pub(crate) struct HistoryPolicy {
+    pub(crate) size: usize,
+    pub(crate) ttl: Duration,
+}
+
+impl HistoryPolicy {
+    /// The history a namespace keeps for its groups, if any.
+    pub(crate) fn of(namespace: &NamespaceConfig) -> Option<Self> {
+        (namespace.history_size > 0)
+            .then_some(Self { size: namespace.history_size, ttl: namespace.history_ttl })
+    }
 }
 
 /// Where a group's history stands: the offset of its newest message (0 before the first) and
 /// the epoch that offset belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Position {
-    pub offset: u64,
-    pub epoch: String,
+pub(crate) struct Position {
+    pub(crate) offset: u64,
+    pub(crate) epoch: String,
 }
 
 /// Retained messages of a group after some offset, oldest first.
 #[derive(Debug, Clone)]
-pub struct HistorySlice {
-    pub position: Position,
+pub(crate) struct HistorySlice {
+    pub(crate) position: Position,
     /// The oldest offset still retained (0 when none is).
-    pub first: u64,
+    pub(crate) first: u64,
     /// `(offset, frame)` pairs.
-    pub messages: Vec<(u64, Utf8Bytes)>,
+    pub(crate) messages: Vec<(u64, Utf8Bytes)>,
 }
 
 impl HistorySlice {
     /// Whether every message after `since` of `epoch` is still retained (or none was missed).
-    pub fn covers(&self, since: u64, epoch: &str) -> bool {
+    pub(crate) fn covers(&self, since: u64, epoch: &str) -> bool {
         let top = self.position.offset;
         epoch == self.position.epoch
             && since <= top
@@ -89,43 +123,35 @@ impl HistorySlice {
 
 /// A gateway instance as the cluster sees it (`GET /api/info`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct NodeInfo {
-    pub node: String,
-    pub version: String,
+pub(crate) struct NodeInfo {
+    pub(crate) node: String,
+    pub(crate) version: String,
     /// Unix seconds.
-    pub started_at: u64,
-    pub connections: u64,
-    pub subscriptions: u64,
-    pub groups: u64,
+    pub(crate) started_at: u64,
+    pub(crate) connections: u64,
+    pub(crate) subscriptions: u64,
+    pub(crate) groups: u64,
 }
 
 /// A fresh random epoch; a broker proposes one with every write that may start a history.
-pub fn new_epoch() -> String {
+pub(crate) fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// Errors a broker reports to publishers and subscribers.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum BrokerError {
-    /// The broker cannot be reached right now; the caller may retry later.
-    #[error("broker unavailable: {0}")]
-    Unavailable(String),
-}
-
 /// Where a broker delivers the messages of subscribed groups.
-pub trait Sink: Send + Sync + 'static {
+pub(crate) trait Sink: Send + Sync + 'static {
     /// Hands one encoded client frame for `group` to the instance. Must not block: it runs on
     /// the broker's reader, which every group of the instance shares.
     fn deliver(&self, group: &str, frame: Utf8Bytes);
 }
 
-/// The publishing half of a broker: all a scheduler needs.
-pub trait Publisher: Send + Sync + 'static {
+/// The publishing half of a broker.
+pub(crate) trait Publisher: Send + Sync + 'static {
     /// Sends an encoded frame to every instance subscribed to `group`; it is not kept.
     fn broadcast<'a>(&'a self, group: &'a GroupName, frame: Utf8Bytes) -> Answer<'a, ()>;
 
     /// Publishes `data` as a `message` frame, appended to the group's history when `history`
-    /// is given (the frame then carries its offset and epoch).
+    /// is given (the frame then carries its offset and epoch), in one atomic step.
     fn publish<'a>(
         &'a self,
         group: &'a GroupName,
@@ -143,8 +169,8 @@ fn publish_plain<'a, P: Publisher + ?Sized>(
     publisher.broadcast(group, protocol::message(group, data))
 }
 
-/// A publish/subscribe backend shared by every instance of a deployment.
-pub trait Broker: Publisher {
+/// This instance's group subscriptions; messages of subscribed groups reach its [`Sink`].
+pub(crate) trait Subscriber: Send + Sync + 'static {
     /// Starts this instance's subscription to `group`. Never blocks, so the hub can call it
     /// under its lock and keep subscribe/unsubscribe calls for a group in order; the returned
     /// [`Subscription`] resolves once messages of the group are being received.
@@ -155,31 +181,35 @@ pub trait Broker: Publisher {
 
     /// Whether publishes and new subscriptions can currently succeed.
     fn is_ready(&self) -> bool;
+}
 
+/// Reading groups' retained messages.
+pub(crate) trait History: Send + Sync + 'static {
     /// The group's retained messages after `since` (at most `limit`) and its current position.
     /// Starts the group's epoch if it has none yet, so the position is always meaningful.
-    fn history<'a>(
+    fn read<'a>(
         &'a self,
         group: &'a GroupName,
         since: u64,
         limit: usize,
         policy: HistoryPolicy,
     ) -> Answer<'a, HistorySlice>;
+}
 
-    /// Adds (or refreshes) presence entries of `group` for `ttl`.
-    fn presence_set<'a>(
-        &'a self,
-        group: &'a GroupName,
-        clients: &'a [ClientInfo],
-        ttl: Duration,
-    ) -> Answer<'a, ()>;
+/// Who is subscribed to a group, across instances.
+pub(crate) trait Presence: Send + Sync + 'static {
+    /// Adds (or refreshes) entries of `group` for `ttl`.
+    fn set<'a>(&'a self, group: &'a GroupName, clients: &'a [ClientInfo], ttl: Duration) -> Answer<'a, ()>;
 
-    /// Removes one client's presence entry from `group`.
-    fn presence_remove<'a>(&'a self, group: &'a GroupName, client: &'a str) -> Answer<'a, ()>;
+    /// Removes one client's entry from `group`.
+    fn remove<'a>(&'a self, group: &'a GroupName, client: &'a str) -> Answer<'a, ()>;
 
-    /// Every live presence entry of `group`, across instances.
-    fn presence<'a>(&'a self, group: &'a GroupName) -> Answer<'a, Vec<ClientInfo>>;
+    /// Every live entry of `group`.
+    fn list<'a>(&'a self, group: &'a GroupName) -> Answer<'a, Vec<ClientInfo>>;
+}
 
+/// The live gateway instances of the deployment.
+pub(crate) trait Directory: Send + Sync + 'static {
     /// Announces this instance to the cluster for `ttl`.
     fn announce<'a>(&'a self, node: &'a NodeInfo, ttl: Duration) -> Answer<'a, ()>;
 
@@ -187,28 +217,54 @@ pub trait Broker: Publisher {
     fn nodes(&self) -> Answer<'_, Vec<NodeInfo>>;
 }
 
+/// One backend's implementation of every part of the contract, for one gateway instance.
+#[derive(Clone)]
+pub(crate) struct Broker {
+    pub(crate) publisher: Arc<dyn Publisher>,
+    pub(crate) subscriber: Arc<dyn Subscriber>,
+    pub(crate) history: Arc<dyn History>,
+    pub(crate) presence: Arc<dyn Presence>,
+    pub(crate) directory: Arc<dyn Directory>,
+}
+
+impl Broker {
+    /// The backend `config` names: Redis when `redis_url` is set, else in-memory. Messages of
+    /// subscribed groups go to `sink`; the Redis subscriber runs until `shutdown`.
+    pub(crate) fn from_config(
+        config: &Config,
+        sink: Arc<dyn Sink>,
+        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ConfigError> {
+        match &config.redis_url {
+            Some(url) => redis::start(url, &config.redis_prefix, sink, shutdown, metrics),
+            None => Ok(memory::MemoryBroker::start(sink)),
+        }
+    }
+}
+
 /// Resolves once the broker confirms a subscription. Cheap to clone: every member that joins a
 /// group while its subscription is in flight waits on the same confirmation.
 #[derive(Clone)]
-pub struct Subscription(watch::Receiver<bool>);
+pub(crate) struct Subscription(watch::Receiver<bool>);
 
 /// The broker's half of a [`Subscription`]: `confirm` it, or drop it to cancel.
-pub struct Confirmation(watch::Sender<bool>);
+pub(crate) struct Confirmation(watch::Sender<bool>);
 
 impl Subscription {
     /// A subscription that is already in effect.
-    pub fn confirmed() -> Self {
+    pub(crate) fn confirmed() -> Self {
         Self(watch::channel(true).1)
     }
 
     /// A subscription waiting for the broker.
-    pub fn pending() -> (Confirmation, Self) {
+    pub(crate) fn pending() -> (Confirmation, Self) {
         let (tx, rx) = watch::channel(false);
         (Confirmation(tx), Self(rx))
     }
 
     /// Waits for the confirmation; fails if the broker cancelled the subscription.
-    pub async fn wait(mut self) -> Result<(), BrokerError> {
+    pub(crate) async fn wait(mut self) -> Result<(), BrokerError> {
         match self.0.wait_for(|confirmed| *confirmed).await {
             Ok(_) => Ok(()),
             Err(_) => Err(BrokerError::Unavailable("subscription was cancelled".into())),
@@ -217,7 +273,7 @@ impl Subscription {
 }
 
 impl Confirmation {
-    pub fn confirm(self) {
+    pub(crate) fn confirm(self) {
         // Receivers read the value even after the sender is gone; none listening is fine too.
         let _ = self.0.send(true);
     }

@@ -13,8 +13,8 @@
 //! on_change_only = false
 //! command = ["./stats.sh"] # or: http = { url = ".." }, static = {..}, builtin = "clock"
 //! ```
-//! Values stay raw here; [`crate::scheduler::Job::compile`] parses them, and its errors become
-//! config errors naming the job.
+//! Values stay raw here; the scheduler compiles each job once at start, and its errors are
+//! config errors naming the job (`jobs[0] (dashboard): cron: ...`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -22,7 +22,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, invalid};
-use crate::scheduler::Job;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -81,11 +80,16 @@ pub(super) fn validate(jobs: &[JobConfig], scheduler: &SchedulerConfig) -> Resul
     }
     let mut names = HashSet::new();
     for (i, job) in jobs.iter().enumerate() {
-        let key = format!("jobs[{i}] ({})", job.name);
-        Job::compile(job).map_err(|e| invalid(&key, e))?;
         if !names.insert(job.name.as_str()) {
-            return Err(invalid(&key, "duplicate job name"));
+            return Err(invalid(job.key(i), "duplicate job name"));
         }
     }
     Ok(())
+}
+
+impl JobConfig {
+    /// How errors name the `i`-th job: `jobs[i] (name)`.
+    pub fn key(&self, i: usize) -> String {
+        format!("jobs[{i}] ({})", self.name)
+    }
 }

@@ -1,8 +1,14 @@
-//! Typed configuration, layered: built-in defaults, then an optional TOML file, then `HERALD_*`
-//! environment variables, then command-line flags. [`Config::validate`] runs after layering and
-//! names the offending key in every error, so a bad config stops the process at start.
+//! Typed configuration, layered: built-in defaults, the defaults of the command being run
+//! ([`Mode`]), then an optional TOML file, then `HERALD_*` environment variables, then
+//! command-line flags. [`Config::load`] validates the result once and names the offending key
+//! in every error, so a bad config stops the process at start.
+//!
+//! This module is a leaf: it imports no feature module. Values that need compiling (cron
+//! expressions, PEM keys, route templates) stay raw here; the gateway and the scheduler each
+//! compile what they use once, at start, and their errors are [`ConfigError`]s naming the key.
 
 mod jobs;
+mod modes;
 mod namespaces;
 mod routes;
 mod security;
@@ -18,19 +24,33 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use jobs::{HttpSourceConfig, JobConfig, SchedulerConfig};
-pub use namespaces::NamespaceConfig;
-pub use routes::{RouteConfig, RouteTemplate};
+pub use modes::Mode;
+pub use namespaces::{MAX_HISTORY_SIZE, NamespaceConfig};
+pub use routes::RouteConfig;
 pub use security::AuthMode;
 
 /// Environment variables with the `HERALD_` prefix that are not config keys.
 const NON_CONFIG_ENV: &[&str] = &["config", "log_format"];
 
+/// Why a config was refused: `<key>: <what is wrong>`, for the operator to read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid config: {0}")]
-pub struct ConfigError(pub String);
+pub struct ConfigError(String);
+
+impl ConfigError {
+    /// An error about `key`.
+    pub fn new(key: impl std::fmt::Display, why: impl std::fmt::Display) -> Self {
+        Self(format!("{key}: {why}"))
+    }
+
+    /// The text after `invalid config: `, starting with the key.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
 
 fn invalid(key: impl std::fmt::Display, why: impl std::fmt::Display) -> ConfigError {
-    ConfigError(format!("{key}: {why}"))
+    ConfigError::new(key, why)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -154,21 +174,24 @@ pub struct Overrides {
 }
 
 impl Config {
-    /// Layers defaults, `file`, the process's `HERALD_*` environment and `overrides`, then
-    /// validates. Nested keys use `__` in variable names (`HERALD_NAMESPACES__CHAT__CLIENT_PUBLISH`).
-    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+    /// Layers defaults, `file`, the process's `HERALD_*` environment and `overrides`, fills in
+    /// what `mode` implies, then validates. Nested keys use `__` in variable names
+    /// (`HERALD_NAMESPACES__CHAT__CLIENT_PUBLISH`).
+    pub fn load(file: Option<&Path>, overrides: Overrides, mode: Mode) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError(format!("config file {}: not found", path.display())));
+                return Err(ConfigError::new(format!("config file {}", path.display()), "not found"));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let config: Config = figment
+        let mut config: Config = figment
             .merge(Env::prefixed("HERALD_").split("__").ignore(NON_CONFIG_ENV))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| ConfigError(e.to_string()))?;
+        mode.apply(&mut config);
+        mode.check(&config)?;
         config.validate()?;
         Ok(config)
     }
@@ -209,7 +232,6 @@ impl Config {
             return Err(invalid("presence_ttl", "must be at least 1s"));
         }
         security::validate(self)?;
-        routes::validate(&self.routes)?;
         jobs::validate(&self.jobs, &self.scheduler)
     }
 
@@ -255,7 +277,7 @@ mod tests {
 
     fn load_in(jail: &Jail, file: Option<&str>, overrides: Overrides) -> Result<Config, ConfigError> {
         let path = file.map(|f| jail.directory().join(f));
-        Config::load(path.as_deref(), overrides)
+        Config::load(path.as_deref(), overrides, Mode::Standalone)
     }
 
     #[test]
@@ -298,11 +320,28 @@ mod tests {
     }
 
     #[test]
-    fn the_example_config_is_valid() {
-        Jail::expect_with(|_| {
-            let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/herald.toml");
-            let config = Config::load(Some(&example), Overrides::default()).unwrap();
-            assert_eq!(config.routes.len(), 1);
+    fn each_mode_fills_in_its_defaults_and_needs() {
+        Jail::expect_with(|jail| {
+            let load = |mode| Config::load(None, Overrides::default(), mode);
+            let standalone = load(Mode::Standalone).unwrap();
+            assert_eq!(standalone.auth_mode(), AuthMode::Off);
+            assert!(standalone.namespace("chat").client_publish && standalone.namespace("chat").presence);
+            assert_eq!(standalone.jobs.len(), 2, "the demo jobs");
+            assert!(load(Mode::Gateway).unwrap_err().message().starts_with("redis_url:"));
+            assert!(load(Mode::Scheduler).unwrap_err().message().starts_with("redis_url:"));
+            jail.set_env("HERALD_REDIS_URL", "redis://127.0.0.1/");
+            assert!(load(Mode::Gateway).unwrap_err().message().starts_with("auth:"), "tokens by default");
+            jail.set_env("HERALD_AUTH_HMAC_SECRET", "a-secret-of-at-least-16-bytes");
+            let gateway = load(Mode::Gateway).unwrap();
+            assert_eq!(gateway.auth_mode(), AuthMode::Required);
+            assert!(gateway.jobs.is_empty() && gateway.namespaces.is_empty());
+            jail.create_file("jobs.toml", "[[jobs]]\nname = \"a\"\n[[jobs]]\nname = \"a\"\n")?;
+            let e = Config::load(
+                Some(&jail.directory().join("jobs.toml")),
+                Overrides::default(),
+                Mode::Scheduler,
+            );
+            assert!(e.unwrap_err().message().starts_with("jobs[1] (a): duplicate"));
             Ok(())
         });
     }

@@ -13,8 +13,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::broker::HistoryPolicy;
-
 /// Most messages a group's history may keep.
 pub const MAX_HISTORY_SIZE: usize = 100_000;
 
@@ -47,11 +45,6 @@ impl Default for NamespaceConfig {
 }
 
 impl NamespaceConfig {
-    /// The history kept for this namespace's groups, if any.
-    pub fn history(&self) -> Option<HistoryPolicy> {
-        (self.history_size > 0).then_some(HistoryPolicy { size: self.history_size, ttl: self.history_ttl })
-    }
-
     pub(super) fn validate(&self) -> Result<(), String> {
         if self.history_size > MAX_HISTORY_SIZE {
             return Err(format!("history_size: at most {MAX_HISTORY_SIZE}"));

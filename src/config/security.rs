@@ -34,9 +34,6 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.auth_hmac_secret.as_ref().is_some_and(|s| s.len() < 16) {
         return Err(invalid("auth_hmac_secret", "must be at least 16 bytes"));
     }
-    if let Some(path) = &config.auth_public_key_file {
-        crate::auth::Verifier::read_public_key(path).map_err(|e| invalid("auth_public_key_file", e))?;
-    }
     if let Some(origin) =
         config.allowed_origins.iter().find(|o| o.is_empty() || o.contains(char::is_whitespace))
     {

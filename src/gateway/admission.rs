@@ -13,7 +13,7 @@ use serde::Deserialize;
 use wildmatch::WildMatch;
 
 use super::Gateway;
-use super::api::ApiError;
+use super::error::ApiError;
 use crate::config::Config;
 use crate::protocol::ErrorCode;
 
@@ -34,7 +34,7 @@ struct Counts {
 }
 
 impl Admission {
-    pub fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         let origins = config
             .allowed_origins
             .iter()
@@ -50,7 +50,7 @@ impl Admission {
 
     /// Whether a browser at `origin` may connect to a gateway reached as `host`: its own host
     /// always may, other origins only when a pattern allows them.
-    pub fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+    pub(crate) fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
         let origin = origin.to_ascii_lowercase();
         let authority = origin.split_once("://").map_or(origin.as_str(), |(_, rest)| rest);
         if host.is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
@@ -76,7 +76,7 @@ impl Admission {
     }
 
     /// WebSocket connections currently held.
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         crate::lock(&self.counts).total
     }
 
@@ -174,9 +174,9 @@ mod tests {
         let (ip1, ip2): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         a.reserve(ip1).unwrap();
         a.reserve(ip1).unwrap();
-        assert_eq!(a.reserve(ip1).unwrap_err().status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(a.reserve(ip1).unwrap_err().status, StatusCode::TOO_MANY_REQUESTS);
         a.reserve(ip2).unwrap();
-        assert_eq!(a.reserve(ip2).unwrap_err().status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(a.reserve(ip2).unwrap_err().status, StatusCode::SERVICE_UNAVAILABLE);
         a.release(ip1);
         a.reserve(ip2).unwrap();
         assert_eq!(a.connections(), 3);

@@ -1,13 +1,14 @@
 //! The gateway: an axum server that holds client WebSockets and fans group messages out to them.
 //!
-//! [`Gateway`] is the state every handler shares: config, the [`Hub`], this node's id, the live
+//! [`Gateway`] is the state every handler shares: config, the hub, this node's id, the live
 //! sessions and the shutdown token. [`serve`] runs the HTTP server on a listener the caller
-//! bound, until the token is cancelled; it then drains (see [`server`]) and returns once every
+//! bound, until the token is cancelled; it then drains (see `server`) and returns once every
 //! session is gone.
 
 mod admission;
 mod api;
 mod demo;
+mod error;
 mod presence;
 mod routes;
 mod server;
@@ -28,8 +29,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::StartError;
 use crate::auth::Verifier;
-use crate::broker::{self, Broker, BrokerError, NodeInfo};
-use crate::config::{Config, ConfigError};
+use crate::broker::{Broker, BrokerError, HistoryPolicy, NodeInfo};
+use crate::config::Config;
 use crate::group::GroupName;
 use crate::hub::{Hub, MemberId, Registry};
 use crate::metrics::Metrics;
@@ -67,30 +68,17 @@ pub struct Gateway {
 
 impl Gateway {
     /// Builds the instance with the broker its config names (Redis, or in-memory when
-    /// `redis_url` is unset). Cancelling `shutdown` makes [`serve`] drain and return.
+    /// `redis_url` is unset), compiling its routes and token keys. The config is expected to be
+    /// validated already ([`Config::load`] does it). Cancelling `shutdown` makes [`serve`]
+    /// drain and return.
     pub fn new(config: Config, shutdown: CancellationToken) -> Result<Arc<Self>, StartError> {
-        config.validate()?;
-        let routes = config
-            .routes
-            .iter()
-            .map(|r| routes::CompiledRoute::compile(r).map(Arc::new))
-            .collect::<Result<_, _>>()?;
-        let verifier =
-            Verifier::from_config(&config).map_err(|e| ConfigError(format!("auth_public_key_file: {e}")))?;
+        let routes = routes::CompiledRoute::compile_all(&config.routes)?;
+        let verifier = Verifier::from_config(&config)?;
         let admission = admission::Admission::new(&config);
         let stopped = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
         let registry = Registry::new(metrics.clone());
-        let broker: Arc<dyn Broker> = match &config.redis_url {
-            Some(url) => Arc::new(broker::redis::RedisBroker::start(
-                url,
-                &config.redis_prefix,
-                registry.clone(),
-                stopped.clone(),
-                metrics.clone(),
-            )?),
-            None => Arc::new(broker::memory::MemoryBroker::new(registry.clone())),
-        };
+        let broker = Broker::from_config(&config, registry.clone(), stopped.clone(), metrics.clone())?;
         let hub = Hub::new(registry, broker);
         Ok(Arc::new(Self {
             config,
@@ -111,20 +99,16 @@ impl Gateway {
         }))
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     pub fn node_id(&self) -> &str {
         &self.config.node_id
     }
 
-    pub fn hub(&self) -> &Hub {
+    pub(crate) fn hub(&self) -> &Hub {
         &self.hub
     }
 
     /// This instance's metrics, shared with an in-process scheduler.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
@@ -140,7 +124,7 @@ impl Gateway {
     }
 
     /// This instance as the cluster sees it.
-    pub fn node_info(&self) -> NodeInfo {
+    pub(crate) fn node_info(&self) -> NodeInfo {
         NodeInfo {
             node: self.config.node_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -152,15 +136,15 @@ impl Gateway {
     }
 
     /// Whether the instance is draining (shutting down).
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
     /// Publishes `data` to `group` (with history where its namespace keeps one): one broker
     /// operation, the frame encoded once.
-    pub async fn publish(&self, group: &GroupName, data: &RawValue) -> Result<(), BrokerError> {
-        let history = self.config.namespace(group.namespace()).history();
-        let published = self.hub.broker().publish(group, data, history).await;
+    pub(crate) async fn publish(&self, group: &GroupName, data: &RawValue) -> Result<(), BrokerError> {
+        let history = HistoryPolicy::of(self.config.namespace(group.namespace()));
+        let published = self.hub.broker().publisher.publish(group, data, history).await;
         match &published {
             Ok(()) => {
                 self.metrics.messages_in.inc();

@@ -14,7 +14,7 @@ use crate::group::GroupName;
 use crate::protocol::ClientInfo;
 
 #[derive(Default)]
-pub struct LocalPresence {
+pub(crate) struct LocalPresence {
     entries: Mutex<HashMap<GroupName, HashMap<String, ClientInfo>>>,
 }
 
@@ -23,11 +23,11 @@ impl LocalPresence {
         crate::lock(&self.entries)
     }
 
-    pub fn add(&self, group: &GroupName, client: &ClientInfo) {
+    pub(crate) fn add(&self, group: &GroupName, client: &ClientInfo) {
         self.lock().entry(group.clone()).or_default().insert(client.client.clone(), client.clone());
     }
 
-    pub fn remove(&self, group: &GroupName, client: &str) {
+    pub(crate) fn remove(&self, group: &GroupName, client: &str) {
         let mut entries = self.lock();
         if let Some(clients) = entries.get_mut(group) {
             clients.remove(client);
@@ -52,11 +52,11 @@ pub(super) async fn heartbeat(gateway: Arc<Gateway>) {
             _ = gateway.stopped.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = gateway.hub.broker().announce(&gateway.node_info(), ttl).await {
+        if let Err(e) = gateway.hub.broker().directory.announce(&gateway.node_info(), ttl).await {
             tracing::warn!(error = %e, "node announcement failed");
         }
         for (group, clients) in gateway.presence.snapshot() {
-            if let Err(e) = gateway.hub.broker().presence_set(&group, &clients, ttl).await {
+            if let Err(e) = gateway.hub.broker().presence.set(&group, &clients, ttl).await {
                 tracing::warn!(%group, error = %e, "presence heartbeat failed");
             }
         }

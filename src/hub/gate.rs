@@ -15,7 +15,7 @@ use axum::extract::ws::Utf8Bytes;
 use crate::outbox::Outbox;
 use crate::protocol::close;
 
-pub struct Gate {
+pub(crate) struct Gate {
     state: Mutex<State>,
     /// Frames that may be held while recovering; past it the member is a slow consumer.
     limit: usize,
@@ -28,12 +28,12 @@ enum State {
 
 impl Gate {
     /// A gate that holds live frames until [`Gate::go_live`].
-    pub fn holding(limit: usize) -> Self {
+    pub(crate) fn holding(limit: usize) -> Self {
         Self { state: Mutex::new(State::Holding(Vec::new())), limit }
     }
 
     /// Fan-out: hands a frame (with its offset and epoch, when it has them) to the member.
-    pub fn offer(&self, position: Option<(u64, &str)>, frame: Utf8Bytes, outbox: &Outbox) {
+    pub(crate) fn offer(&self, position: Option<(u64, &str)>, frame: Utf8Bytes, outbox: &Outbox) {
         let mut state = crate::lock(&self.state);
         match &mut *state {
             State::Holding(held) if held.len() >= self.limit => outbox.close(close::SLOW_CONSUMER),
@@ -47,7 +47,7 @@ impl Gate {
     }
 
     /// Releases held frames newer than `last` (of `epoch`) and lets live frames through.
-    pub fn go_live(&self, last: u64, epoch: &str, outbox: &Outbox) {
+    pub(crate) fn go_live(&self, last: u64, epoch: &str, outbox: &Outbox) {
         let mut state = crate::lock(&self.state);
         let State::Holding(held) = &mut *state else { return };
         let (mut last, mut epoch) = (last, epoch.to_string());

@@ -27,7 +27,7 @@ use crate::metrics::{Metrics, Reason};
 use crate::outbox::Outbox;
 use crate::protocol::frame_position;
 
-pub use gate::Gate;
+pub(crate) use gate::Gate;
 
 /// Shards of the group map; a power of two well above the core count keeps contention low.
 const SHARDS: usize = 64;
@@ -35,7 +35,7 @@ const SHARDS: usize = 64;
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A process-unique session id, the key of a member within a group.
-pub type MemberId = u64;
+pub(crate) type MemberId = u64;
 
 /// A local member: its queue, and its gate when the group has history.
 struct Member {
@@ -52,7 +52,7 @@ struct Group {
 type Shard = HashMap<GroupName, Group>;
 
 /// Sharded `group -> members` map; delivers broker messages to local members.
-pub struct Registry {
+pub(crate) struct Registry {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     /// Counts frames queued and dropped by fan-out.
@@ -60,7 +60,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Arc<Self> {
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
         Arc::new(Self { shards, hasher: RandomState::new(), metrics })
     }
@@ -71,7 +71,7 @@ impl Registry {
     }
 
     /// Number of groups with at least one local member.
-    pub fn group_count(&self) -> usize {
+    pub(crate) fn group_count(&self) -> usize {
         self.shards.iter().map(|s| crate::lock(s).len()).sum()
     }
 }
@@ -97,40 +97,40 @@ impl Sink for Registry {
 }
 
 /// Group membership of local sessions, kept in step with the broker's subscriptions.
-pub struct Hub {
+pub(crate) struct Hub {
     registry: Arc<Registry>,
-    broker: Arc<dyn Broker>,
+    broker: Broker,
 }
 
 impl Hub {
-    pub fn new(registry: Arc<Registry>, broker: Arc<dyn Broker>) -> Self {
+    pub(crate) fn new(registry: Arc<Registry>, broker: Broker) -> Self {
         Self { registry, broker }
     }
 
-    pub fn broker(&self) -> &dyn Broker {
-        &*self.broker
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.broker
     }
 
     /// The broker's publishing half, for in-process publishers such as the scheduler.
-    pub fn publisher(&self) -> Arc<dyn Publisher> {
-        self.broker.clone()
+    pub(crate) fn publisher(&self) -> Arc<dyn Publisher> {
+        self.broker.publisher.clone()
     }
 
-    pub fn registry(&self) -> &Registry {
+    pub(crate) fn registry(&self) -> &Registry {
         &self.registry
     }
 
     /// Adds `member` to `group` and returns once the instance receives the group's messages.
     /// With a `gate`, the group's frames reach the member through it. Joining again replaces
     /// the membership. On failure the member is not in the group.
-    pub async fn join(
+    pub(crate) async fn join(
         &self,
         group: &GroupName,
         member: MemberId,
         outbox: &Arc<Outbox>,
         gate: Option<Arc<Gate>>,
     ) -> Result<(), BrokerError> {
-        if !self.broker.is_ready() {
+        if !self.broker.subscriber.is_ready() {
             return Err(BrokerError::Unavailable("broker is not connected".into()));
         }
         let subscription = {
@@ -142,7 +142,7 @@ impl Hub {
                     entry.get().subscription.clone()
                 }
                 Entry::Vacant(entry) => {
-                    let subscription = self.broker.subscribe(group);
+                    let subscription = self.broker.subscriber.subscribe(group);
                     let members = HashMap::from([(member, new)]);
                     entry.insert(Group { members, subscription: subscription.clone() });
                     subscription
@@ -161,13 +161,13 @@ impl Hub {
 
     /// Removes `member` from `group`; the last member out unsubscribes the instance.
     /// Returns whether it was a member.
-    pub fn leave(&self, group: &GroupName, member: MemberId) -> bool {
+    pub(crate) fn leave(&self, group: &GroupName, member: MemberId) -> bool {
         let mut shard = self.registry.shard(group.as_str());
         let Some(entry) = shard.get_mut(group.as_str()) else { return false };
         let was_member = entry.members.remove(&member).is_some();
         if entry.members.is_empty() {
             shard.remove(group.as_str());
-            self.broker.unsubscribe(group);
+            self.broker.subscriber.unsubscribe(group);
         }
         was_member
     }
@@ -177,83 +177,37 @@ impl Hub {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use serde_json::value::RawValue;
-
+    use crate::broker::Subscriber;
     use crate::broker::memory::MemoryBroker;
-    use crate::broker::{Answer, HistoryPolicy, HistorySlice, NodeInfo};
-    use crate::protocol::ClientInfo;
 
     use super::*;
 
-    /// The in-memory broker, counting subscribe/unsubscribe calls.
-    struct CountingBroker {
-        inner: MemoryBroker,
+    /// The in-memory broker's subscriptions, counting subscribe/unsubscribe calls.
+    #[derive(Default)]
+    struct CountingSubscriber {
         subscribes: AtomicUsize,
         unsubscribes: AtomicUsize,
     }
 
-    impl Publisher for CountingBroker {
-        fn broadcast<'a>(&'a self, group: &'a GroupName, frame: Utf8Bytes) -> Answer<'a, ()> {
-            self.inner.broadcast(group, frame)
-        }
-        fn publish<'a>(
-            &'a self,
-            g: &'a GroupName,
-            d: &'a RawValue,
-            h: Option<HistoryPolicy>,
-        ) -> Answer<'a, ()> {
-            self.inner.publish(g, d, h)
-        }
-    }
-
-    impl Broker for CountingBroker {
-        fn subscribe(&self, group: &GroupName) -> Subscription {
+    impl Subscriber for CountingSubscriber {
+        fn subscribe(&self, _group: &GroupName) -> Subscription {
             self.subscribes.fetch_add(1, Ordering::SeqCst);
-            self.inner.subscribe(group)
+            Subscription::confirmed()
         }
-        fn unsubscribe(&self, group: &GroupName) {
+        fn unsubscribe(&self, _group: &GroupName) {
             self.unsubscribes.fetch_add(1, Ordering::SeqCst);
-            self.inner.unsubscribe(group)
         }
         fn is_ready(&self) -> bool {
-            self.inner.is_ready()
-        }
-        fn history<'a>(
-            &'a self,
-            g: &'a GroupName,
-            s: u64,
-            l: usize,
-            p: HistoryPolicy,
-        ) -> Answer<'a, HistorySlice> {
-            self.inner.history(g, s, l, p)
-        }
-        fn presence_set<'a>(&'a self, g: &'a GroupName, c: &'a [ClientInfo], t: Duration) -> Answer<'a, ()> {
-            self.inner.presence_set(g, c, t)
-        }
-        fn presence_remove<'a>(&'a self, g: &'a GroupName, c: &'a str) -> Answer<'a, ()> {
-            self.inner.presence_remove(g, c)
-        }
-        fn presence<'a>(&'a self, g: &'a GroupName) -> Answer<'a, Vec<ClientInfo>> {
-            self.inner.presence(g)
-        }
-        fn announce<'a>(&'a self, n: &'a NodeInfo, t: Duration) -> Answer<'a, ()> {
-            self.inner.announce(n, t)
-        }
-        fn nodes(&self) -> Answer<'_, Vec<NodeInfo>> {
-            self.inner.nodes()
+            true
         }
     }
 
     #[tokio::test]
     async fn first_join_subscribes_last_leave_unsubscribes_and_fanout_shares_frames() {
         let registry = Registry::new(Arc::default());
-        let inner = MemoryBroker::new(registry.clone());
-        let broker = Arc::new(CountingBroker {
-            inner,
-            subscribes: AtomicUsize::new(0),
-            unsubscribes: AtomicUsize::new(0),
-        });
-        let hub = Hub::new(registry.clone(), broker.clone());
+        let counting = Arc::new(CountingSubscriber::default());
+        let broker = Broker { subscriber: counting.clone(), ..MemoryBroker::start(registry.clone()) };
+        let hub = Hub::new(registry.clone(), broker);
         let group = GroupName::new("g").unwrap();
         let (a, mut rx_a) = Outbox::new(4, 1 << 20);
         let (b, mut rx_b) = Outbox::new(4, 1 << 20);
@@ -261,7 +215,7 @@ mod tests {
         hub.join(&group, 1, &a, None).await.unwrap();
         hub.join(&group, 2, &b, None).await.unwrap();
         hub.join(&group, 2, &b, None).await.unwrap();
-        assert_eq!(broker.subscribes.load(Ordering::SeqCst), 1);
+        assert_eq!(counting.subscribes.load(Ordering::SeqCst), 1);
 
         registry.deliver("g", Utf8Bytes::from_static("hello"));
         let (fa, fb) = (rx_a.recv().await.unwrap(), rx_b.recv().await.unwrap());
@@ -269,9 +223,9 @@ mod tests {
 
         assert!(hub.leave(&group, 1));
         assert!(!hub.leave(&group, 1));
-        assert_eq!(broker.unsubscribes.load(Ordering::SeqCst), 0);
+        assert_eq!(counting.unsubscribes.load(Ordering::SeqCst), 0);
         assert!(hub.leave(&group, 2));
-        assert_eq!(broker.unsubscribes.load(Ordering::SeqCst), 1);
+        assert_eq!(counting.unsubscribes.load(Ordering::SeqCst), 1);
         assert_eq!(registry.group_count(), 0, "empty groups are removed");
     }
 }

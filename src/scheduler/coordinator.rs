@@ -15,13 +15,16 @@ use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use deadpool_redis::Pool;
+use futures_util::future::BoxFuture;
 
-use crate::broker::Answer;
-use crate::broker::redis::{invoke, query};
 use crate::lock;
+use crate::redis::{Unavailable, invoke, query};
+
+/// What a coordinator call resolves to.
+type Answer<'a, T> = BoxFuture<'a, Result<T, Unavailable>>;
 
 /// What scheduler replicas share. Every method is one atomic step.
-pub trait Coordinator: Send + Sync + 'static {
+pub(crate) trait Coordinator: Send + Sync + 'static {
     /// Takes the lease if nobody holds it.
     fn acquire<'a>(&'a self, holder: &'a str, ttl: Duration) -> Answer<'a, bool>;
     /// Extends the lease if `holder` still holds it.
@@ -38,13 +41,13 @@ pub trait Coordinator: Send + Sync + 'static {
     fn set_last_data<'a>(&'a self, job: &'a str, data: &'a str) -> Answer<'a, ()>;
 }
 
-pub struct RedisCoordinator {
+pub(crate) struct RedisCoordinator {
     pool: Pool,
     prefix: String,
 }
 
-static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+static RENEW: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -53,8 +56,8 @@ return 0",
     )
 });
 
-static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+static RELEASE: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -64,7 +67,7 @@ return 0",
 });
 
 impl RedisCoordinator {
-    pub fn new(pool: Pool, prefix: &str) -> Self {
+    pub(crate) fn new(pool: Pool, prefix: &str) -> Self {
         Self { pool, prefix: prefix.to_string() }
     }
 
@@ -84,7 +87,7 @@ fn millis(d: Duration) -> u64 {
 impl Coordinator for RedisCoordinator {
     fn acquire<'a>(&'a self, holder: &'a str, ttl: Duration) -> Answer<'a, bool> {
         Box::pin(async move {
-            let mut cmd = redis::cmd("SET");
+            let mut cmd = ::redis::cmd("SET");
             cmd.arg(self.leader_key()).arg(holder).arg("NX").arg("PX").arg(millis(ttl));
             Ok(query::<Option<String>>(&self.pool, &cmd).await?.is_some())
         })
@@ -108,7 +111,7 @@ impl Coordinator for RedisCoordinator {
 
     fn claim_tick<'a>(&'a self, job: &'a str, tick_ms: i64, keep: Duration) -> Answer<'a, bool> {
         Box::pin(async move {
-            let mut cmd = redis::cmd("SET");
+            let mut cmd = ::redis::cmd("SET");
             cmd.arg(self.job_key(job, &format!("tick:{tick_ms}")))
                 .arg(1)
                 .arg("NX")
@@ -121,7 +124,7 @@ impl Coordinator for RedisCoordinator {
     fn anchor<'a>(&'a self, job: &'a str, now_ms: i64) -> Answer<'a, i64> {
         Box::pin(async move {
             // SET NX ... GET returns the value that was there, or nil when ours was set.
-            let mut cmd = redis::cmd("SET");
+            let mut cmd = ::redis::cmd("SET");
             cmd.arg(self.job_key(job, "anchor")).arg(now_ms).arg("NX").arg("GET");
             Ok(query::<Option<i64>>(&self.pool, &cmd).await?.unwrap_or(now_ms))
         })
@@ -129,7 +132,7 @@ impl Coordinator for RedisCoordinator {
 
     fn last_data<'a>(&'a self, job: &'a str) -> Answer<'a, Option<String>> {
         Box::pin(async move {
-            let mut cmd = redis::cmd("GET");
+            let mut cmd = ::redis::cmd("GET");
             cmd.arg(self.job_key(job, "last"));
             query(&self.pool, &cmd).await
         })
@@ -137,7 +140,7 @@ impl Coordinator for RedisCoordinator {
 
     fn set_last_data<'a>(&'a self, job: &'a str, data: &'a str) -> Answer<'a, ()> {
         Box::pin(async move {
-            let mut cmd = redis::cmd("SET");
+            let mut cmd = ::redis::cmd("SET");
             cmd.arg(self.job_key(job, "last")).arg(data);
             query::<()>(&self.pool, &cmd).await
         })
@@ -146,7 +149,7 @@ impl Coordinator for RedisCoordinator {
 
 /// One process, no replicas: it always leads and every tick is its own.
 #[derive(Default)]
-pub struct MemoryCoordinator {
+pub(crate) struct MemoryCoordinator {
     anchors: Mutex<HashMap<String, i64>>,
     last: Mutex<HashMap<String, String>>,
 }

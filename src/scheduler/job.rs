@@ -21,30 +21,30 @@ const MIN_PERIOD: Duration = Duration::from_millis(50);
 /// Default timeout cap when none is configured.
 const MAX_DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub struct Job {
-    pub name: String,
-    pub group: GroupName,
-    pub schedule: Schedule,
-    pub timeout: Duration,
-    pub on_change_only: bool,
-    pub source: Source,
+pub(crate) struct Job {
+    pub(crate) name: String,
+    pub(crate) group: GroupName,
+    pub(crate) schedule: Schedule,
+    pub(crate) timeout: Duration,
+    pub(crate) on_change_only: bool,
+    pub(crate) source: Source,
     /// History of the target group, from its namespace (set by the scheduler).
-    pub history: Option<HistoryPolicy>,
+    pub(crate) history: Option<HistoryPolicy>,
 }
 
-pub enum Schedule {
+pub(crate) enum Schedule {
     Every { period: Duration, align: bool },
     Cron(Box<cron::Schedule>),
 }
 
 impl Schedule {
     /// Whether ticks are placed relative to a shared anchor (unaligned `every`).
-    pub fn needs_anchor(&self) -> bool {
+    pub(crate) fn needs_anchor(&self) -> bool {
         matches!(self, Schedule::Every { align: false, .. })
     }
 
     /// The first tick at or after `at_ms` (`anchor_ms` places unaligned periods).
-    pub fn next_tick(&self, at_ms: i64, anchor_ms: i64) -> Option<i64> {
+    pub(crate) fn next_tick(&self, at_ms: i64, anchor_ms: i64) -> Option<i64> {
         match self {
             Schedule::Every { period, align } => {
                 let period = period.as_millis() as i64;
@@ -63,7 +63,7 @@ impl Schedule {
     }
 
     /// Roughly the time between ticks, for how long per-tick state must be kept.
-    pub fn spacing_ms(&self, tick_ms: i64) -> i64 {
+    pub(crate) fn spacing_ms(&self, tick_ms: i64) -> i64 {
         match self.next_tick(tick_ms + 1, tick_ms) {
             Some(next) => (next - tick_ms).max(1),
             None => 1000,
@@ -73,7 +73,7 @@ impl Schedule {
 
 impl Job {
     /// Parses and checks a job's config; the error says what is wrong (the caller names the job).
-    pub fn compile(config: &JobConfig) -> Result<Job, String> {
+    pub(crate) fn compile(config: &JobConfig) -> Result<Job, String> {
         if config.name.is_empty() || GroupName::new(&config.name).is_err() {
             return Err("name must be 1 to 100 of A-Z a-z 0-9 _ . -".into());
         }

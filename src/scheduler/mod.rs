@@ -1,16 +1,16 @@
 //! The scheduler: publishes job data to groups on a schedule, from a process of its own (or
 //! inside a standalone gateway), so no gateway ever runs a push loop.
 //!
-//! Any number of replicas may run. The [`lease`] elects one leader, which alone starts ticks;
-//! each tick is claimed in the [`coordinator`] before it runs, so it is published at most once
+//! Any number of replicas may run. The `lease` elects one leader, which alone starts ticks;
+//! each tick is claimed in the `coordinator` before it runs, so it is published at most once
 //! across replicas even while leadership changes hands. A job's runs never overlap (a tick that
 //! finds the previous run still going is skipped and logged) and jobs never wait for each other:
 //! each has its own timer task and each run is a task of its own. A failing run is logged with
 //! the job's name and counted; nothing is published for that tick and the schedule goes on.
-//! Publishing goes through the same [`Publisher`] as every other publish: one frame, one
+//! Publishing goes through the same broker `Publisher` as every other publish: one frame, one
 //! `PUBLISH` per tick.
 
-pub mod coordinator;
+mod coordinator;
 mod job;
 mod lease;
 mod source;
@@ -23,19 +23,20 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use job::{Job, Schedule};
-pub use source::SourceError;
 pub use status::serve_status;
 
 use crate::StartError;
-use crate::broker::Publisher;
-use crate::broker::redis::{RedisPublisher, pool};
+use crate::broker::redis::RedisStore;
+use crate::broker::{HistoryPolicy, Publisher};
 use crate::config::{Config, ConfigError};
 use crate::metrics::{self, Metrics};
+use crate::redis::pool;
 use coordinator::{Coordinator, MemoryCoordinator, RedisCoordinator};
+use job::Job;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use source::FetchContext;
+use source::SourceError;
 
 pub struct Scheduler {
     jobs: Vec<Arc<Job>>,
@@ -51,49 +52,48 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler process on Redis: publishes and coordinates through one command pool.
-    pub fn on_redis(config: &Config, url: &str, metrics: Arc<Metrics>) -> Result<Self, StartError> {
+    /// A scheduler process on Redis (`config.redis_url`, which a validated scheduler config
+    /// has): publishes and coordinates through one command pool.
+    pub fn on_redis(config: &Config, metrics: Arc<Metrics>) -> Result<Self, StartError> {
+        let url = config.redis_url.as_deref().ok_or_else(|| ConfigError::new("redis_url", "is required"))?;
         let pool = pool(url)?;
-        let publisher = Arc::new(RedisPublisher::new(pool.clone(), &config.redis_prefix));
+        let publisher = Arc::new(RedisStore::new(pool.clone(), &config.redis_prefix));
         let coordinator = Arc::new(RedisCoordinator::new(pool, &config.redis_prefix));
         Self::new(config, publisher, coordinator, metrics)
     }
 
     /// A scheduler inside a gateway process: publishes through the gateway's broker, and
     /// coordinates through Redis when there is one (else it is the only replica).
-    pub fn in_process(
-        config: &Config,
-        publisher: Arc<dyn Publisher>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, StartError> {
+    pub fn in_process(config: &Config, gateway: &crate::gateway::Gateway) -> Result<Self, StartError> {
         let coordinator: Arc<dyn Coordinator> = match &config.redis_url {
             Some(url) => Arc::new(RedisCoordinator::new(pool(url)?, &config.redis_prefix)),
             None => Arc::new(MemoryCoordinator::default()),
         };
-        Self::new(config, publisher, coordinator, metrics)
+        Self::new(config, gateway.hub().publisher(), coordinator, gateway.metrics().clone())
     }
 
-    pub fn new(
+    /// Compiles the config's jobs (errors name the job: `jobs[0] (name): ...`). The config is
+    /// expected to be validated already ([`Config::load`] does it).
+    fn new(
         config: &Config,
         publisher: Arc<dyn Publisher>,
         coordinator: Arc<dyn Coordinator>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StartError> {
-        config.validate()?;
-        // Validated above, so compiling cannot fail here; the error path stays anyway.
         let jobs: Vec<Arc<Job>> = config
             .jobs
             .iter()
-            .map(|j| {
-                let mut job = Job::compile(j).map_err(ConfigError)?;
-                job.history = config.namespace(job.group.namespace()).history();
+            .enumerate()
+            .map(|(i, j)| {
+                let mut job = Job::compile(j).map_err(|e| ConfigError::new(j.key(i), e))?;
+                job.history = HistoryPolicy::of(config.namespace(job.group.namespace()));
                 Ok::<_, ConfigError>(Arc::new(job))
             })
             .collect::<Result<_, _>>()?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| StartError::Other(format!("http client: {e}")))?;
+            .map_err(StartError::HttpClient)?;
         Ok(Self {
             jobs,
             metrics,

@@ -16,7 +16,7 @@ use crate::config::JobConfig;
 /// Bytes of a failing program's stderr kept for the log.
 const STDERR_KEEP: u64 = 2048;
 
-pub enum Source {
+pub(crate) enum Source {
     Command(Vec<String>),
     Http { url: reqwest::Url, method: reqwest::Method, headers: HeaderMap },
     Static(Box<RawValue>),
@@ -25,7 +25,7 @@ pub enum Source {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub(crate) enum SourceError {
     #[error("cannot start {program:?}: {error}")]
     Spawn { program: String, error: std::io::Error },
     #[error("exited with {status}: {stderr}")]
@@ -45,14 +45,14 @@ pub enum SourceError {
 }
 
 /// What a fetch may use: a shared HTTP client, the tick's nominal time, a size limit.
-pub struct FetchContext<'a> {
-    pub http: &'a reqwest::Client,
-    pub tick_ms: i64,
-    pub max_bytes: usize,
+pub(crate) struct FetchContext<'a> {
+    pub(crate) http: &'a reqwest::Client,
+    pub(crate) tick_ms: i64,
+    pub(crate) max_bytes: usize,
 }
 
 impl Source {
-    pub fn compile(config: &JobConfig) -> Result<Source, String> {
+    pub(crate) fn compile(config: &JobConfig) -> Result<Source, String> {
         let given = [
             config.command.is_some(),
             config.http.is_some(),
@@ -99,7 +99,7 @@ impl Source {
     }
 
     /// Produces the data for one tick.
-    pub async fn fetch(&self, ctx: &FetchContext<'_>) -> Result<Box<RawValue>, SourceError> {
+    pub(crate) async fn fetch(&self, ctx: &FetchContext<'_>) -> Result<Box<RawValue>, SourceError> {
         match self {
             Source::Command(argv) => run_command(argv, ctx.max_bytes).await,
             Source::Http { url, method, headers } => {

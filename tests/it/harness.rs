@@ -204,6 +204,7 @@ impl Node {
         let addr = listener.local_addr().unwrap();
         let id = config.node_id.clone();
         let shutdown = CancellationToken::new();
+        config.validate().expect("valid config");
         let gateway = Gateway::new(config, shutdown.clone()).expect("gateway config");
         let running =
             Running::spawn(shutdown, async move { gateway::serve(listener, gateway).await.unwrap() });
@@ -465,9 +466,9 @@ pub struct InProcessScheduler {
 
 impl InProcessScheduler {
     pub fn start(config: &Config) -> Self {
-        let url = config.redis_url.as_deref().expect("scheduler tests use redis");
+        assert!(config.redis_url.is_some(), "scheduler tests use redis");
         let metrics = Arc::new(Metrics::default());
-        let scheduler = Arc::new(Scheduler::on_redis(config, url, metrics).expect("valid scheduler config"));
+        let scheduler = Arc::new(Scheduler::on_redis(config, metrics).expect("valid scheduler config"));
         let shutdown = CancellationToken::new();
         let running = Running::spawn(shutdown.clone(), scheduler.clone().run(shutdown));
         Self { scheduler, running }

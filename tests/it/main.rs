@@ -2,7 +2,6 @@
 
 mod abuse;
 mod bad_input;
-mod bench;
 mod delivery;
 mod deployment;
 mod faults;

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use herald::auth::Verifier;
-use herald::config::{Config, Overrides};
+use herald::config::{Config, Mode, Overrides};
 use herald::group::GroupName;
 use herald::protocol::{self, ErrorCode, Request};
 use proptest::prelude::*;
@@ -63,7 +63,7 @@ proptest! {
     fn config_files_load_or_name_what_is_wrong(lines in prop::collection::vec(config_line(), 0..6)) {
         let mut file = tempfile();
         writeln!(file.1, "{}", lines.join("\n")).unwrap();
-        if let Err(e) = Config::load(Some(&file.0), Overrides::default()) {
+        if let Err(e) = Config::load(Some(&file.0), Overrides::default(), Mode::Standalone) {
             prop_assert!(e.to_string().starts_with("invalid config: "));
         }
         let _ = std::fs::remove_file(&file.0);

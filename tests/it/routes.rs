@@ -1,9 +1,11 @@
 //! `[[routes]]`: auto-subscription and publish grants from the connection path.
 
-use herald::config::RouteConfig;
+use herald::config::{Config, Mode, Overrides, RouteConfig};
+use herald::gateway::Gateway;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Client, Node, config};
+use crate::harness::{Client, Node, Process, config};
 
 #[tokio::test]
 async fn a_route_subscribes_on_connect_and_grants_publishing_to_its_groups() {
@@ -35,4 +37,37 @@ async fn a_route_subscribes_on_connect_and_grants_publishing_to_its_groups() {
     // A path value that makes an invalid group is refused at the handshake.
     let refused = Client::open(&node.ws_url("/ws/chat/no%20spaces"), &[]).await;
     assert_eq!(refused.err(), Some(400));
+}
+
+#[tokio::test]
+async fn a_config_that_does_not_compile_stops_the_process_at_start_naming_the_key() {
+    let cases = [
+        (
+            "standalone",
+            "[[routes]]\npath = \"/ws/chat/{room}\"\nsubscribe = [\"chat.{user}\"]\n",
+            "routes[0].subscribe[0]",
+        ),
+        ("standalone", "[[routes]]\npath = \"/chat\"\n", "routes[0].path"),
+        (
+            "standalone",
+            "auth = \"required\"\nauth_public_key_file = \"/nonexistent.pem\"\n",
+            "auth_public_key_file",
+        ),
+        ("gateway", "auth = \"off\"\n", "redis_url"),
+        ("gateway", "redis_url = \"redis://127.0.0.1:1/\"\n", "auth"),
+    ];
+    for (mode, toml, key) in cases {
+        let (code, stderr) = Process::spawn(&[mode, "--listen", "127.0.0.1:0"], toml).wait_output();
+        assert_eq!(code, Some(2), "{mode} with {toml}: {stderr}");
+        assert!(stderr.contains(&format!("invalid config: {key}")), "{mode} with {toml}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn the_example_config_builds_a_gateway_with_its_route() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/herald.toml");
+    let config = Config::load(Some(&example), Overrides::default(), Mode::Gateway).expect("valid example");
+    assert_eq!(config.routes.len(), 1);
+    let gateway = Gateway::new(config, CancellationToken::new());
+    assert!(gateway.is_ok(), "{:?}", gateway.err());
 }

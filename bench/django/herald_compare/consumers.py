@@ -1,4 +1,4 @@
-"""A consumer speaking the subset of Herald's protocol that `herald bench` uses: welcome,
+"""A consumer speaking the subset of Herald's protocol that `herald-bench` uses: welcome,
 subscribe (group_add) with a reply, and message frames pushed by group_send."""
 
 import json

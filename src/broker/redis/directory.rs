@@ -8,13 +8,11 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use deadpool_redis::Pool;
-
-use super::invoke;
-use crate::broker::BrokerError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::group::GroupName;
+use crate::redis::{Unavailable, invoke};
 
 /// Shared script prelude: `now` in ms by Redis's clock, and `chunked`, which runs a bulk
 /// command 1000 items at a time (Lua's `unpack` is limited by its stack).
@@ -34,8 +32,8 @@ end
 ";
 
 /// KEYS: set, info. ARGV: ttl ms, then client/info pairs.
-static SET: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
+static SET: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(&format!(
         r"{NOW_AND_CHUNKS}
 local expiry = now + tonumber(ARGV[1])
 for i = 2, #ARGV, 2 do
@@ -49,8 +47,8 @@ return 1"
 });
 
 /// KEYS: set, info. Returns the descriptions of live entries after dropping expired ones.
-static LIST: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
+static LIST: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(&format!(
         r"{NOW_AND_CHUNKS}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 if #expired > 0 then
@@ -90,7 +88,7 @@ impl Directory {
         pool: &Pool,
         entries: impl IntoIterator<Item = (&'e str, &'e T)>,
         ttl: Duration,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), Unavailable> {
         let mut call = SET.key(&self.set);
         call.key(&self.info).arg(ttl.as_millis().max(1) as u64);
         let mut any = false;
@@ -104,15 +102,15 @@ impl Directory {
         invoke::<i64>(pool, &call).await.map(drop)
     }
 
-    pub(super) async fn remove(&self, pool: &Pool, id: &str) -> Result<(), BrokerError> {
-        static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(REMOVE));
+    pub(super) async fn remove(&self, pool: &Pool, id: &str) -> Result<(), Unavailable> {
+        static SCRIPT: LazyLock<::redis::Script> = LazyLock::new(|| ::redis::Script::new(REMOVE));
         let mut call = SCRIPT.key(&self.set);
         call.key(&self.info).arg(id);
         invoke::<i64>(pool, &call).await.map(drop)
     }
 
     /// The descriptions of every live entry.
-    pub(super) async fn list<T: DeserializeOwned>(&self, pool: &Pool) -> Result<Vec<T>, BrokerError> {
+    pub(super) async fn list<T: DeserializeOwned>(&self, pool: &Pool) -> Result<Vec<T>, Unavailable> {
         let mut call = LIST.key(&self.set);
         call.key(&self.info);
         let descriptions: Vec<Option<String>> = invoke(pool, &call).await?;

@@ -9,10 +9,10 @@ use std::sync::LazyLock;
 use axum::extract::ws::Utf8Bytes;
 use deadpool_redis::Pool;
 
-use super::invoke;
 use crate::broker::{BrokerError, HistoryPolicy, HistorySlice, Position, new_epoch};
 use crate::group::GroupName;
 use crate::protocol::MessageParts;
+use crate::redis::{Unavailable, invoke};
 
 /// Starts an epoch when the group has none (first publish, expired, or Redis lost its data).
 const START_EPOCH: &str = r"
@@ -26,8 +26,8 @@ end
 ";
 
 /// KEYS: meta, stream. ARGV: epoch candidate, ttl ms, channel, head, middle, tail, size, stamp.
-static APPEND: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
+static APPEND: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(&format!(
         r"{START_EPOCH}
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local frame = ARGV[4] .. offset .. ARGV[5] .. epoch .. ARGV[6]
@@ -41,8 +41,8 @@ return offset"
 
 /// KEYS: meta, stream. ARGV: epoch candidate, ttl ms, since, limit.
 /// Returns epoch, offset, first retained offset, then offset/frame pairs.
-static READ: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
+static READ: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(&format!(
         r"{START_EPOCH}
 local out = {{epoch, redis.call('HGET', KEYS[1], 'offset'), '0'}}
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
@@ -73,7 +73,7 @@ pub(super) async fn append(
     group: &GroupName,
     parts: &MessageParts,
     policy: HistoryPolicy,
-) -> Result<u64, BrokerError> {
+) -> Result<u64, Unavailable> {
     let (meta, stream) = keys(prefix, group);
     let mut call = APPEND.key(meta);
     call.key(stream)

@@ -11,36 +11,83 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use ::redis::aio::{PubSubSink, PubSubStream};
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use rand::Rng;
-use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, interval_at, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Confirmation, Sink};
+use crate::broker::{Confirmation, Sink, Subscriber, Subscription};
 use crate::group::GroupName;
 use crate::metrics::Metrics;
+use crate::redis::Backoff;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A silent connection is probed this often, so a half-open socket is noticed.
 const PING_EVERY: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Channels per SUBSCRIBE, so resubscribing thousands of groups does not build one huge command.
 const SUBSCRIBE_CHUNK: usize = 1000;
 
 /// What the hub asks of the subscriber, in the order it asked.
-pub(super) enum Command {
+enum Command {
     Subscribe(GroupName, Confirmation),
     Unsubscribe(GroupName),
 }
 
-pub(super) struct Subscriber {
-    client: redis::Client,
+/// The hub's side of the subscriber task.
+pub(super) struct Handle {
+    commands: mpsc::UnboundedSender<Command>,
+    /// True while the pub/sub connection is up and every wanted group is subscribed.
+    ready: Arc<AtomicBool>,
+}
+
+/// Starts the subscriber task on `client`; it runs until `shutdown`.
+pub(super) fn start(
+    client: ::redis::Client,
+    channel_prefix: Arc<str>,
+    sink: Arc<dyn Sink>,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) -> Handle {
+    let ready = Arc::new(AtomicBool::new(false));
+    let (commands, rx) = mpsc::unbounded_channel();
+    let task = Task {
+        client,
+        channel_prefix,
+        sink,
+        commands: rx,
+        ready: ready.clone(),
+        metrics,
+        wanted: HashMap::new(),
+        dirty: HashSet::new(),
+    };
+    tokio::spawn(task.run(shutdown));
+    Handle { commands, ready }
+}
+
+impl Subscriber for Handle {
+    fn subscribe(&self, group: &GroupName) -> Subscription {
+        let (confirmation, subscription) = Subscription::pending();
+        // A closed channel means the task stopped (shutdown): the dropped confirmation then
+        // fails the subscription, which is the right answer.
+        let _ = self.commands.send(Command::Subscribe(group.clone(), confirmation));
+        subscription
+    }
+
+    fn unsubscribe(&self, group: &GroupName) {
+        let _ = self.commands.send(Command::Unsubscribe(group.clone()));
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+struct Task {
+    client: ::redis::Client,
     channel_prefix: Arc<str>,
     sink: Arc<dyn Sink>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -52,24 +99,12 @@ pub(super) struct Subscriber {
     dirty: HashSet<GroupName>,
 }
 
-type Outcome = Result<(), redis::RedisError>;
+type Outcome = Result<(), ::redis::RedisError>;
 
-impl Subscriber {
-    pub(super) fn new(
-        client: redis::Client,
-        channel_prefix: Arc<str>,
-        sink: Arc<dyn Sink>,
-        commands: mpsc::UnboundedReceiver<Command>,
-        ready: Arc<AtomicBool>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let (wanted, dirty) = (HashMap::new(), HashSet::new());
-        Self { client, channel_prefix, sink, commands, ready, metrics, wanted, dirty }
-    }
-
+impl Task {
     /// Connects, serves until the connection drops, backs off, and again, until shutdown.
-    pub(super) async fn run(mut self, shutdown: CancellationToken) {
-        let mut failures = 0u32;
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::default();
         let mut connected_before = false;
         loop {
             let connected = tokio::select! {
@@ -82,28 +117,27 @@ impl Subscriber {
                         self.metrics.redis_reconnects.inc();
                     }
                     let (sink, stream) = pubsub.split();
-                    let outcome = self.serve(sink, stream, &shutdown, &mut failures).await;
+                    let outcome = self.serve(sink, stream, &shutdown, &mut backoff).await;
                     self.ready.store(false, Ordering::Release);
                     match outcome {
                         Ok(()) => return,
                         Err(e) => tracing::warn!(error = %e, "redis pub/sub connection lost"),
                     }
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, failures, "redis pub/sub connect failed"),
-                Err(_) => tracing::warn!(failures, "redis pub/sub connect timed out"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, failures = backoff.failures(), "redis pub/sub connect failed")
+                }
+                Err(_) => tracing::warn!(failures = backoff.failures(), "redis pub/sub connect timed out"),
             }
-            failures = failures.saturating_add(1);
-            if !self.wait_backoff(failures, &shutdown).await {
+            if !self.wait_backoff(backoff.fail(), &shutdown).await {
                 return;
             }
         }
     }
 
-    /// Sleeps with full-jitter exponential backoff while still taking hub commands, so that
-    /// `wanted` is current when the next connection starts. False on shutdown.
-    async fn wait_backoff(&mut self, failures: u32, shutdown: &CancellationToken) -> bool {
-        let cap = BACKOFF_MIN.saturating_mul(1 << failures.min(16)).min(BACKOFF_MAX);
-        let delay = rand::rng().random_range(BACKOFF_MIN..=cap.max(BACKOFF_MIN));
+    /// Sleeps for `delay` while still taking hub commands, so that `wanted` is current when
+    /// the next connection starts. False on shutdown.
+    async fn wait_backoff(&mut self, delay: Duration, shutdown: &CancellationToken) -> bool {
         let deadline = sleep(delay);
         tokio::pin!(deadline);
         loop {
@@ -125,13 +159,13 @@ impl Subscriber {
         mut sink: PubSubSink,
         mut stream: PubSubStream,
         shutdown: &CancellationToken,
-        failures: &mut u32,
+        backoff: &mut Backoff,
     ) -> Outcome {
         let mut active = HashSet::new();
         self.dirty.extend(self.wanted.keys().cloned());
         self.reconcile(&mut sink, &mut active).await?;
         self.ready.store(true, Ordering::Release);
-        *failures = 0;
+        backoff.reset();
         tracing::info!(groups = active.len(), "redis pub/sub connected");
         let mut ping = interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         loop {
@@ -150,7 +184,7 @@ impl Subscriber {
                     self.reconcile(&mut sink, &mut active).await?;
                 }
                 _ = ping.tick() => {
-                    timeout(PING_TIMEOUT, sink.ping::<redis::Value>())
+                    timeout(PING_TIMEOUT, sink.ping::<::redis::Value>())
                         .await
                         .map_err(|_| closed("ping timed out"))??;
                 }
@@ -207,7 +241,7 @@ impl Subscriber {
         groups.iter().map(|g| format!("{}{}", self.channel_prefix, g)).collect()
     }
 
-    fn deliver(&self, msg: &redis::Msg) {
+    fn deliver(&self, msg: &::redis::Msg) {
         let Some(group) = msg.get_channel_name().strip_prefix(&*self.channel_prefix) else {
             return;
         };
@@ -222,6 +256,6 @@ impl Subscriber {
     }
 }
 
-fn closed(why: &'static str) -> redis::RedisError {
-    redis::RedisError::from((redis::ErrorKind::Io, why))
+fn closed(why: &'static str) -> ::redis::RedisError {
+    ::redis::RedisError::from((::redis::ErrorKind::Io, why))
 }

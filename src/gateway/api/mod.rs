@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,7 +23,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::Gateway;
-use crate::broker::BrokerError;
+use super::error::ApiError;
 use crate::protocol::ErrorCode;
 
 pub(super) fn router(gateway: &Arc<Gateway>) -> Router<Arc<Gateway>> {
@@ -44,7 +44,7 @@ pub(super) fn router(gateway: &Arc<Gateway>) -> Router<Arc<Gateway>> {
 /// `GET /api/info`: this node, and every live node of the cluster (each announces itself in
 /// the broker with a TTL).
 async fn info(State(gateway): State<Arc<Gateway>>) -> Result<Json<serde_json::Value>, ApiError> {
-    let nodes = gateway.hub.broker().nodes().await?;
+    let nodes = gateway.hub.broker().directory.nodes().await?;
     Ok(Json(json!({ "node": gateway.node_info(), "nodes": nodes })))
 }
 
@@ -54,46 +54,6 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> String {
     metrics.connections.set(gateway.admission.connections() as i64);
     metrics.groups.set(gateway.hub.registry().group_count() as i64);
     metrics.render()
-}
-
-/// An API error: its status, and the JSON body with the protocol's error code.
-#[derive(Debug)]
-pub(super) struct ApiError {
-    status: StatusCode,
-    code: ErrorCode,
-    message: String,
-}
-
-impl ApiError {
-    pub(super) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
-    }
-
-    pub(super) fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    #[cfg(test)]
-    pub(super) fn status(&self) -> StatusCode {
-        self.status
-    }
-}
-
-impl From<BrokerError> for ApiError {
-    fn from(e: BrokerError) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, e.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"ok": false, "error": {"code": self.code, "message": self.message}});
-        let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
 }
 
 /// Lets a request through only if [`authorize`] accepts its caller.
@@ -117,7 +77,7 @@ async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
     };
     if gateway.is_draining() {
         unready("shutting down")
-    } else if !gateway.hub.broker().is_ready() {
+    } else if !gateway.hub.broker().subscriber.is_ready() {
         unready("broker is not connected")
     } else {
         Json(json!({"status": "ready"})).into_response()

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::ApiError;
 use crate::gateway::Gateway;
+use crate::gateway::error::ApiError;
 use crate::group::GroupName;
 use crate::protocol::ErrorCode;
 

@@ -9,9 +9,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::ApiError;
+use crate::broker::HistoryPolicy;
 use crate::config::NamespaceConfig;
 use crate::gateway::Gateway;
+use crate::gateway::error::ApiError;
 use crate::group::GroupName;
 use crate::protocol::ErrorCode;
 
@@ -46,10 +47,11 @@ pub(super) async fn history(
     State(gateway): State<Arc<Gateway>>,
     query: Result<Query<GroupQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let (group, namespace, query) = query_group(&gateway, query, "history", |ns| ns.history().is_some())?;
-    let policy = namespace.history().expect("checked by query_group");
+    let (group, namespace, query) =
+        query_group(&gateway, query, "history", |ns| HistoryPolicy::of(ns).is_some())?;
+    let policy = HistoryPolicy::of(namespace).expect("checked by query_group");
     let limit = query.limit.unwrap_or(policy.size).min(policy.size);
-    let slice = gateway.hub.broker().history(&group, query.since.unwrap_or(0), limit, policy).await?;
+    let slice = gateway.hub.broker().history.read(&group, query.since.unwrap_or(0), limit, policy).await?;
     let messages: Vec<&RawValue> =
         slice.messages.iter().filter_map(|(_, frame)| serde_json::from_str(frame.as_str()).ok()).collect();
     Ok(Json(json!({
@@ -66,6 +68,6 @@ pub(super) async fn presence(
     query: Result<Query<GroupQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let (group, _, _) = query_group(&gateway, query, "presence", |ns| ns.presence)?;
-    let clients = gateway.hub.broker().presence(&group).await?;
+    let clients = gateway.hub.broker().presence.list(&group).await?;
     Ok(Json(json!({ "clients": clients })))
 }

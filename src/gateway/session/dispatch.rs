@@ -82,7 +82,7 @@ impl Session {
             let message = format!("this client may not see {group}");
             return Err(RequestError::new(None, ErrorCode::Forbidden, message));
         }
-        let clients = self.gateway.hub.broker().presence(group).await.map_err(unavailable)?;
+        let clients = self.gateway.hub.broker().presence.list(group).await.map_err(unavailable)?;
         Ok(json!({ "clients": clients }))
     }
 

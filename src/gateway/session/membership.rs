@@ -63,7 +63,7 @@ impl Session {
             return Err(RequestError::new(id, ErrorCode::Forbidden, message));
         }
         let namespace = gateway.config.namespace(group.namespace());
-        let history = namespace.history();
+        let history = HistoryPolicy::of(namespace);
         if since.is_some() && history.is_none() {
             let message = format!("{group} has no history: subscribe without since");
             return Err(RequestError::new(id, ErrorCode::BadRequest, message));
@@ -83,7 +83,7 @@ impl Session {
         }
         if namespace.presence {
             gateway.presence.add(&group, &self.info);
-            let added = gateway.hub.broker().presence_set(
+            let added = gateway.hub.broker().presence.set(
                 &group,
                 std::slice::from_ref(&self.info),
                 gateway.config.presence_ttl,
@@ -112,7 +112,8 @@ impl Session {
         let (after, limit) = since.as_ref().map_or((0, 0), |s| (s.offset, policy.size));
         let broker = self.gateway.hub.broker();
         let slice = broker
-            .history(group, after, limit, policy)
+            .history
+            .read(group, after, limit, policy)
             .await
             .map_err(|e| RequestError { id: asked.id(), ..unavailable(e) })?;
         let Position { offset, epoch } = slice.position.clone();
@@ -158,7 +159,7 @@ impl Session {
         let namespace = gateway.config.namespace(group.namespace());
         if namespace.presence {
             gateway.presence.remove(group, &self.info.client);
-            if let Err(e) = gateway.hub.broker().presence_remove(group, &self.info.client).await {
+            if let Err(e) = gateway.hub.broker().presence.remove(group, &self.info.client).await {
                 tracing::warn!(%group, error = %e, "could not remove presence entry; it will expire");
             }
         }
@@ -168,7 +169,7 @@ impl Session {
     }
 
     async fn announce(&self, group: &GroupName, frame: axum::extract::ws::Utf8Bytes) {
-        if let Err(e) = self.gateway.hub.broker().broadcast(group, frame).await {
+        if let Err(e) = self.gateway.hub.broker().publisher.broadcast(group, frame).await {
             tracing::warn!(%group, error = %e, "could not send a join/leave event");
         }
     }

@@ -28,7 +28,6 @@ use tracing::Instrument;
 
 use super::Gateway;
 use super::admission::Admitted;
-use super::routes::Grants;
 use crate::auth::Identity;
 use crate::group::GroupName;
 use crate::hub::MemberId;
@@ -42,6 +41,15 @@ const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 8 * 1024;
 /// How long to wait for the client's close frame after sending ours.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What a connection may do beyond the namespace policy, from the route it connected to.
+#[derive(Debug, Default)]
+pub(super) struct Grants {
+    /// Groups the client is subscribed to on connect.
+    pub(super) subscribe: Vec<GroupName>,
+    /// Groups the client may publish to whatever their namespace says.
+    pub(super) publish: HashSet<GroupName>,
+}
 
 /// `GET /ws`: the generic endpoint, no grants beyond namespace policy.
 pub(super) async fn generic(

@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use axum::extract::ws::Utf8Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use herald::group::GroupName;
+use herald::protocol::{self, ClientFrame};
+use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -67,7 +69,7 @@ impl Stats {
     }
 
     fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
-        crate::lock(&self.shards[i % SHARDS])
+        self.shards[i % SHARDS].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn deliveries(&self) -> u64 {
@@ -202,13 +204,12 @@ async fn connect_all(
             url = format!("{url}{}token={token}", if url.contains('?') { '&' } else { '?' });
         }
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % args.sources as usize) as u8));
-        let group = format!("bench.{}", i % args.groups);
+        let group = bench_group(i as u64 % args.groups as u64);
         let (stats, ready) = (stats.clone(), ready_tx.clone());
         clients.spawn(async move {
-            let joined =
-                tokio::time::timeout(CONNECT_TIMEOUT, join(&url, source, herald.then_some(group.as_str())))
-                    .await
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("no session within {CONNECT_TIMEOUT:?}")));
+            let joined = tokio::time::timeout(CONNECT_TIMEOUT, join(&url, source, herald.then_some(&group)))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no session within {CONNECT_TIMEOUT:?}")));
             drop(slot);
             match joined {
                 Ok(socket) => {
@@ -238,7 +239,7 @@ async fn connect_all(
 }
 
 /// Connects from `source`, and for Herald subscribes to `group` and waits for the reply.
-async fn join(url: &str, source: IpAddr, group: Option<&str>) -> anyhow::Result<Socket> {
+async fn join(url: &str, source: IpAddr, group: Option<&GroupName>) -> anyhow::Result<Socket> {
     let request = url.into_client_request()?;
     let authority = request.uri().authority().context("url without host")?.as_str().to_string();
     let addr: SocketAddr = tokio::net::lookup_host(&authority).await?.next().context("unresolved host")?;
@@ -257,7 +258,7 @@ async fn join(url: &str, source: IpAddr, group: Option<&str>) -> anyhow::Result<
     if let Some(group) = group {
         // Sent without waiting for the welcome, as the protocol allows: the session answers
         // it right after the welcome, and the two frames often share one packet.
-        let subscribe = serde_json::json!({"type": "subscribe", "group": group, "id": 1}).to_string();
+        let subscribe = ClientFrame::Subscribe { group, id: Some(1) }.encode();
         ws.send(Message::text(subscribe)).await?;
         loop {
             let frame = ws.next().await.context("closed while subscribing")??;
@@ -294,6 +295,14 @@ async fn receive(mut ws: Socket, i: usize, stats: &Stats) {
         }
     }
     stats.dropped.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A message to publish: its group and its JSON data.
+type Outgoing = (GroupName, Box<RawValue>);
+
+/// Group `n` of the run: `bench.<n>`.
+fn bench_group(n: u64) -> GroupName {
+    GroupName::new(&format!("bench.{n}")).expect("bench group names are valid")
 }
 
 enum Publisher<'a> {
@@ -336,7 +345,7 @@ impl<'a> Publisher<'a> {
     /// Publishes one batch of `(group, data)` messages, all in flight at once: one Redis
     /// pipeline, concurrent HTTP requests, or WebSocket frames flushed together. Returns how
     /// many failed.
-    async fn publish(&mut self, batch: &[(String, String)]) -> u64 {
+    async fn publish(&mut self, batch: &[Outgoing]) -> u64 {
         match self.try_publish(batch).await {
             Ok(failed) => failed,
             Err(e) => {
@@ -347,28 +356,26 @@ impl<'a> Publisher<'a> {
     }
 
     /// [`Publisher::publish`], failing as a whole except for HTTP, where each request counts.
-    async fn try_publish(&mut self, batch: &[(String, String)]) -> anyhow::Result<u64> {
-        let message =
-            |group: &str, data: &str| format!(r#"{{"type":"message","group":"{group}","data":{data}}}"#);
+    async fn try_publish(&mut self, batch: &[Outgoing]) -> anyhow::Result<u64> {
         match self {
             Self::Baseline(server) => {
                 for (group, data) in batch {
-                    server.broadcast(Utf8Bytes::from(message(group, data)));
+                    server.broadcast(protocol::message(group, data));
                 }
             }
             Self::Redis { conn, prefix } => {
                 let mut pipe = redis::pipe();
                 for (group, data) in batch {
                     pipe.cmd("PUBLISH")
-                        .arg(format!("{prefix}:group:{group}"))
-                        .arg(message(group, data))
+                        .arg(herald::group_channel(prefix, group))
+                        .arg(protocol::message(group, data).as_str())
                         .ignore();
                 }
                 pipe.query_async::<()>(conn).await?;
             }
             Self::Http { client, url, key } => {
                 let requests = batch.iter().map(|(group, data)| {
-                    let body = format!(r#"{{"group":"{group}","data":{data}}}"#);
+                    let body = serde_json::json!({"group": group.as_str(), "data": data}).to_string();
                     let mut request =
                         client.post(url.as_str()).header("content-type", "application/json").body(body);
                     if let Some(key) = key {
@@ -393,7 +400,7 @@ impl<'a> Publisher<'a> {
             }
             Self::Ws(sink) => {
                 for (group, data) in batch {
-                    let frame = format!(r#"{{"type":"publish","group":"{group}","data":{data}}}"#);
+                    let frame = ClientFrame::Publish { group, data }.encode();
                     sink.feed(Message::text(frame)).await?;
                 }
                 sink.flush().await?;
@@ -419,9 +426,10 @@ async fn publish_steadily(
     while started.elapsed() < args.duration {
         ticks.tick().await;
         let due = (rate as f64 * started.elapsed().as_secs_f64()) as u64;
-        let batch: Vec<_> = (sent..due)
+        let batch: Vec<Outgoing> = (sent..due)
             .map(|n| {
-                (format!("bench.{}", n % args.groups as u64), format!(r#"{{"t":{},"p":"{pad}"}}"#, now_us()))
+                let data = format!(r#"{{"t":{},"p":"{pad}"}}"#, now_us());
+                (bench_group(n % args.groups as u64), RawValue::from_string(data).expect("JSON payload"))
             })
             .collect();
         let failed = publisher.publish(&batch).await;

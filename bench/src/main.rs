@@ -1,4 +1,4 @@
-//! `herald bench`: a load tool anyone can run against their own gateways.
+//! `herald-bench`: a load tool anyone can run against their own gateways.
 //!
 //! It opens N WebSocket clients (spread over local source addresses 127.0.0.1..N so large
 //! counts do not run out of ephemeral ports), subscribes them to G groups over the normal
@@ -9,69 +9,69 @@
 //! while it runs. `--baseline` first runs the same load against an in-process minimal broadcast
 //! server ([`baseline`]), so every Herald figure comes with its ratio to the machine's ceiling.
 
-pub mod baseline;
+mod baseline;
 mod load;
 mod report;
 
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 
-pub use report::{RunReport, StepReport};
-
-#[derive(Args, Clone, Debug)]
-pub struct BenchArgs {
+#[derive(Parser, Clone, Debug)]
+#[command(name = "herald-bench", version, about = "Load-tests Herald gateways against a baseline server")]
+struct BenchArgs {
     /// Gateway WebSocket URLs (comma-separated); clients are spread over them.
     #[arg(long, value_delimiter = ',')]
-    pub url: Vec<String>,
+    url: Vec<String>,
     /// WebSocket clients to open.
     #[arg(long, default_value_t = 1000)]
-    pub clients: usize,
+    clients: usize,
     /// Groups the clients are spread over (client i joins `bench.<i % groups>`).
     #[arg(long, default_value_t = 1)]
-    pub groups: usize,
+    groups: usize,
     /// Messages per second in total; a comma-separated list runs one step per rate.
     #[arg(long, value_delimiter = ',', default_value = "100")]
-    pub rate: Vec<u64>,
+    rate: Vec<u64>,
     /// Payload bytes per message.
     #[arg(long, default_value_t = 100)]
-    pub size: usize,
+    size: usize,
     /// How long each rate step lasts.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
+    duration: Duration,
     /// How messages are published to the gateways.
     #[arg(long, value_enum, default_value = "redis")]
-    pub publish: PublishVia,
+    publish: PublishVia,
     /// Redis of the gateways (for `--publish redis`).
     #[arg(long, default_value = "redis://127.0.0.1:6379/")]
-    pub redis_url: String,
+    redis_url: String,
     #[arg(long, default_value = "herald")]
-    pub redis_prefix: String,
+    redis_prefix: String,
     /// API key for `--publish http`.
     #[arg(long)]
-    pub api_key: Option<String>,
+    api_key: Option<String>,
     /// Client token, sent as `?token=`.
     #[arg(long)]
-    pub token: Option<String>,
+    token: Option<String>,
     /// Local source addresses to spread clients over: 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, default_value_t = 1)]
-    pub sources: u8,
+    sources: u8,
     /// Handshakes in flight at once while connecting.
     #[arg(long, default_value_t = 64)]
-    pub connect_concurrency: usize,
+    connect_concurrency: usize,
     /// First run the same load against an in-process minimal broadcast server.
     #[arg(long)]
-    pub baseline: bool,
+    baseline: bool,
     /// Process ids of the gateways (comma-separated), to report their memory and CPU.
     #[arg(long, value_delimiter = ',')]
-    pub pid: Vec<u32>,
+    pid: Vec<u32>,
     /// Print the report as JSON.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PublishVia {
+enum PublishVia {
     /// `PUBLISH` to the group's Redis channel: the cheapest publisher.
     Redis,
     /// `POST /api/publish` on the first URL's host.
@@ -81,8 +81,23 @@ pub enum PublishVia {
     Ws,
 }
 
+fn main() -> ExitCode {
+    let args = BenchArgs::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the baseline (if asked) and then Herald (if URLs are given), and prints the report.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.baseline || !args.url.is_empty(), "give --url (Herald gateways) and/or --baseline");
     anyhow::ensure!(
         args.clients > 0 && args.groups > 0 && args.sources > 0,
