@@ -3,7 +3,7 @@
 //! Tokens are verified with a well-kept crate (`jsonwebtoken`): HS256 with the shared
 //! `auth_hmac_secret`, RS256 or ES256 with the PEM key in `auth_public_key_file` (both may be
 //! configured; the token's header picks). Claims: `sub` (the user, shown in presence), `exp`
-//! (required), `groups` and `publish` (glob patterns such as `chat.*` limiting what the client
+//! (required), `nbf` (checked when present), `groups` and `publish` (glob patterns such as `chat.*` limiting what the client
 //! may subscribe and publish to), and `info` (JSON shown to others in presence).
 
 use std::path::Path;
@@ -111,11 +111,19 @@ impl Verifier {
         Ok(Identity {
             user: claims.sub,
             info: claims.info,
-            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp + LEEWAY_SECS),
+            expires_at: expiry(claims.exp),
             subscribe: patterns(claims.groups),
             publish: patterns(claims.publish),
         })
     }
+}
+
+/// When a token with `exp` stops being valid, leeway included. An `exp` too far ahead for the
+/// clock (up to `u64::MAX`) means a century from now.
+fn expiry(exp: u64) -> SystemTime {
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(exp.saturating_add(LEEWAY_SECS)))
+        .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Reads a PEM public key: RSA (RS256) or EC P-256 (ES256).
@@ -134,6 +142,7 @@ fn validation(algorithm: Algorithm) -> Validation {
     let mut validation = Validation::new(algorithm);
     validation.leeway = LEEWAY_SECS;
     validation.validate_aud = false;
+    validation.validate_nbf = true;
     validation.set_required_spec_claims(&["exp"]);
     validation
 }

@@ -12,6 +12,7 @@
 //! | `herald_drops_total{reason}` | counter | frames or requests dropped: `slow_consumer`, `rate_limited`, `publish_failed` |
 //! | `herald_closes_total{code}` | counter | connections closed by the server, by close code |
 //! | `herald_redis_reconnects_total` | counter | pub/sub reconnections after a lost connection |
+//! | `herald_catch_ups_total{outcome}` | counter | members of history groups brought up to date after a `since` or a gap: `recovered`, or `lost` (told `recovered: false`) |
 //! | `herald_delivery_latency_seconds` | histogram | publish (at any instance) to fan-out here |
 //! | `herald_job_runs_total{job}` | counter | scheduler ticks run |
 //! | `herald_job_published_total{job}` | counter | ticks that published |
@@ -33,6 +34,11 @@ pub struct Reason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Code {
     pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,6 +64,7 @@ pub struct Metrics {
     pub drops: Family<Reason, Counter>,
     pub closes: Family<Code, Counter>,
     pub redis_reconnects: Counter,
+    pub catch_ups: Family<Outcome, Counter>,
     pub delivery_latency: Histogram,
     pub job_runs: Family<Job, Counter>,
     pub job_published: Family<Job, Counter>,
@@ -77,6 +84,7 @@ impl Default for Metrics {
             drops: Family::default(),
             closes: Family::default(),
             redis_reconnects: Counter::default(),
+            catch_ups: Family::default(),
             // 50 µs .. ~1.6 s
             delivery_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             job_runs: Family::default(),
@@ -102,6 +110,11 @@ impl Default for Metrics {
             m.redis_reconnects.clone(),
         );
         registry.register(
+            "catch_ups",
+            "Members of history groups brought up to date, by outcome",
+            m.catch_ups.clone(),
+        );
+        registry.register(
             "delivery_latency_seconds",
             "From publish to fan-out here",
             m.delivery_latency.clone(),
@@ -125,6 +138,12 @@ impl Metrics {
 
     pub(crate) fn dropped(&self, reason: &'static str) {
         self.drops.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// A member of a history group was brought up to date (`recovered`) or told it could not
+    /// be (`lost`).
+    pub(crate) fn catch_up(&self, outcome: &'static str) {
+        self.catch_ups.get_or_create(&Outcome { outcome }).inc();
     }
 
     pub fn job(&self, family: &Family<Job, Counter>, job: &str) -> u64 {

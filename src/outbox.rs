@@ -1,15 +1,20 @@
 //! A client's bounded outbound queue and its close signal.
 //!
-//! The hub pushes group messages with [`Outbox::push`], which never waits: when the queue is
-//! full the client is too slow, and it is closed with 4008 instead of slowing the broker reader
-//! or the other members of the group; the queue is bounded both in frames and in bytes. The
-//! session's own replies use [`Outbox::send`], which waits for room, so a client that floods
-//! requests without reading is held back by TCP.
+//! The queue is bounded both in frames (`outbound_queue`) and in bytes (`outbound_queue_bytes`),
+//! and both bounds cover every frame: group messages and the session's own replies alike.
+//!
+//! - The hub pushes group messages with [`Outbox::push`], which never waits: when the queue is
+//!   full the client is too slow, and it is closed with 4008 instead of slowing the broker reader
+//!   or the other members of the group.
+//! - The session sends replies and recovered history with [`Outbox::send`], which waits for room
+//!   in frames and bytes, so a client that floods requests without reading is held back; the wait
+//!   ends as soon as a close is asked for (the writer asks for one when the socket makes no
+//!   progress for `write_timeout`), so the session is never wedged.
 
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::close;
@@ -19,9 +24,13 @@ pub(crate) struct Outbox {
     /// Bytes queued and not yet taken by the writer, bounded by `max_bytes`.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
+    /// Senders waiting for bytes to be taken; the writer wakes them only when there are any,
+    /// so fan-out pays nothing for the wake-up.
+    waiting: AtomicUsize,
+    room: Notify,
     /// The close code asked for, 0 while none; the first request wins.
     close_code: AtomicU16,
-    /// Cancelled when a close is asked for; wakes both the session's reader and its writer.
+    /// Cancelled when a close is asked for; wakes the session's reader, its writer and senders.
     closing: CancellationToken,
 }
 
@@ -34,6 +43,8 @@ impl Outbox {
             tx,
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
+            waiting: AtomicUsize::new(0),
+            room: Notify::new(),
             close_code: AtomicU16::new(0),
             closing: CancellationToken::new(),
         };
@@ -44,15 +55,14 @@ impl Outbox {
     /// client with 4008. Returns whether the frame was queued.
     pub(crate) fn push(&self, frame: Utf8Bytes) -> bool {
         let len = frame.len();
-        if self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len > self.max_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        if !self.reserve(len, false) {
             self.close(close::SLOW_CONSUMER);
             return false;
         }
         match self.tx.try_send(frame) {
             Ok(()) => true,
             Err(e) => {
-                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                self.release(len);
                 if matches!(e, mpsc::error::TrySendError::Full(_)) {
                     self.close(close::SLOW_CONSUMER);
                 }
@@ -61,21 +71,68 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame for this client alone, waiting for room in frames (its bytes count
-    /// against the bound of fan-out frames). False once the writer is gone.
+    /// Queues a frame for this client alone, waiting for room in frames and bytes (a frame
+    /// larger than the byte bound goes alone into an empty queue). False once a close was asked
+    /// for or the writer is gone.
     pub(crate) async fn send(&self, frame: Utf8Bytes) -> bool {
         let len = frame.len();
-        self.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        let sent = self.tx.send(frame).await.is_ok();
+        if !self.wait_for_bytes(len).await {
+            return false;
+        }
+        let sent = tokio::select! {
+            biased;
+            _ = self.closing.cancelled() => false,
+            sent = self.tx.send(frame) => sent.is_ok(),
+        };
         if !sent {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.release(len);
         }
         sent
     }
 
+    async fn wait_for_bytes(&self, len: usize) -> bool {
+        loop {
+            if self.closing.is_cancelled() {
+                return false;
+            }
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+            let reserved = self.reserve(len, true);
+            if !reserved {
+                tokio::select! {
+                    _ = &mut room => {}
+                    _ = self.closing.cancelled() => {}
+                }
+            }
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            if reserved {
+                return true;
+            }
+        }
+    }
+
+    /// Counts `len` bytes as queued if they fit (or, when `alone_if_empty`, if nothing is queued).
+    fn reserve(&self, len: usize, alone_if_empty: bool) -> bool {
+        self.queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                let fits = queued + len <= self.max_bytes || (alone_if_empty && queued == 0);
+                fits.then_some(queued + len)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, len: usize) {
+        self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.room.notify_waiters();
+        }
+    }
+
     /// The writer took a frame of `len` bytes off the queue.
     pub(crate) fn taken(&self, len: usize) {
-        self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        self.release(len);
     }
 
     /// Asks the writer to close the connection with `code`. Later requests are ignored.
@@ -102,6 +159,9 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]
@@ -122,5 +182,37 @@ mod tests {
         assert!(outbox.push(Utf8Bytes::from_static("123456")));
         assert!(!outbox.push(Utf8Bytes::from_static("123456")));
         assert_eq!(outbox.close_requested(), Some(close::SLOW_CONSUMER));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replies_wait_for_bytes_to_be_taken_and_stop_waiting_on_close() {
+        let (outbox, mut rx) = Outbox::new(100, 10);
+        let outbox = Arc::new(outbox);
+        assert!(outbox.send(Utf8Bytes::from_static("1234567")).await);
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send(Utf8Bytes::from_static("abcdef")).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished(), "7 + 6 bytes do not fit in 10");
+        let frame = rx.recv().await.unwrap();
+        outbox.taken(frame.len());
+        assert!(waiting.await.unwrap(), "sent once the first was taken");
+
+        let blocked = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send(Utf8Bytes::from_static("abcdef")).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        outbox.close(close::SLOW_CONSUMER);
+        assert!(!blocked.await.unwrap(), "a close ends the wait");
+        assert!(!outbox.send(Utf8Bytes::from_static("x")).await);
+    }
+
+    #[tokio::test]
+    async fn a_reply_larger_than_the_bound_goes_alone() {
+        let (outbox, mut rx) = Outbox::new(100, 4);
+        assert!(outbox.send(Utf8Bytes::from_static("large reply")).await);
+        assert_eq!(rx.recv().await.unwrap().as_str(), "large reply");
     }
 }

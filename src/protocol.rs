@@ -20,6 +20,9 @@ pub(crate) mod close {
     pub(crate) const TOO_LARGE: u16 = 1009;
     /// The instance is shutting down; reconnect (to another instance).
     pub(crate) const RESTARTING: u16 = 1012;
+    /// The instance could not complete something with its broker for this client (bringing it
+    /// up to date after a gap); reconnect and recover.
+    pub(crate) const TRY_AGAIN: u16 = 1013;
     /// Missing, invalid or expired credentials.
     pub(crate) const UNAUTHORIZED: u16 = 4001;
     /// The client did not read fast enough and its outbound queue overflowed.
@@ -222,6 +225,16 @@ enum ServerFrame<'a> {
         group: &'a str,
         data: &'a RawValue,
     },
+    Recovered {
+        group: &'a str,
+        recovered: bool,
+        offset: u64,
+        epoch: &'a str,
+    },
+    Unsubscribed {
+        group: &'a str,
+        reason: &'a str,
+    },
     Join {
         group: &'a str,
         client: &'a ClientInfo,
@@ -316,6 +329,19 @@ pub(crate) fn frame_position(frame: &str) -> Option<(u64, &str)> {
     let epoch = digits[end..].strip_prefix(r#","epoch":""#)?;
     let (epoch, _) = epoch.split_once('"')?;
     Some((offset, epoch))
+}
+
+/// `{"type":"recovered","group":..,"recovered":..,"offset":..,"epoch":..}`: whether a member
+/// that was not sent a reply (it joined through its route, or the instance's Redis subscription
+/// had a gap) has every message up to `offset` of `epoch`. After `false`, messages continue
+/// from there.
+pub(crate) fn recovered(group: &GroupName, recovered: bool, offset: u64, epoch: &str) -> Utf8Bytes {
+    encode(&ServerFrame::Recovered { group: group.as_str(), recovered, offset, epoch })
+}
+
+/// `{"type":"unsubscribed","group":..,"reason":..}`: the server took the client out of a group.
+pub(crate) fn unsubscribed(group: &GroupName, reason: &str) -> Utf8Bytes {
+    encode(&ServerFrame::Unsubscribed { group: group.as_str(), reason })
 }
 
 /// `{"type":"join","group":..,"client":{..}}`.

@@ -35,14 +35,16 @@
 //! `size`, expiring `ttl` after the last publish) and publishes it; the frame carries `offset`
 //! and `epoch`. The epoch changes whenever the history is lost (expired, or Redis restarted
 //! without persistence), so a client can tell "nothing missed" from "history gone".
-//! [`History::read`] returns the retained messages after an offset; the hub merges them with the
-//! live stream by offset, so a recovering client sees every message once, in order.
+//! [`History::state`] says where a group stands and [`Plan`] whether a client can be brought up
+//! to date; [`Missed`] then reads exactly the missing offsets, in bounded pages. The hub merges
+//! them with the live stream by offset, so a recovering client sees every message once, in order.
 //!
 //! # Presence and the directory
 //!
 //! Entries are stored with an expiry; each instance refreshes its own, so those of a crashed
 //! instance vanish within the TTL.
 
+pub(crate) mod history;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
@@ -56,10 +58,12 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, NamespaceConfig};
+use crate::config::{Config, ConfigError};
 use crate::group::GroupName;
 use crate::metrics::Metrics;
 use crate::protocol::{self, ClientInfo};
+
+pub(crate) use history::{HistoryPolicy, HistoryState, Missed, MissedError, Page, Plan, Position};
 
 /// What a broker call resolves to.
 pub(crate) type Answer<'a, T> = BoxFuture<'a, Result<T, BrokerError>>;
@@ -75,49 +79,6 @@ pub(crate) enum BrokerError {
 impl From<crate::redis::Unavailable> for BrokerError {
     fn from(e: crate::redis::Unavailable) -> Self {
         Self::Unavailable(e.0)
-    }
-}
-
-/// History kept for a group: the last `size` messages, for `ttl` after the last publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HistoryPolicy {
-    pub(crate) size: usize,
-    pub(crate) ttl: Duration,
-}
-
-impl HistoryPolicy {
-    /// The history a namespace keeps for its groups, if any.
-    pub(crate) fn of(namespace: &NamespaceConfig) -> Option<Self> {
-        (namespace.history_size > 0)
-            .then_some(Self { size: namespace.history_size, ttl: namespace.history_ttl })
-    }
-}
-
-/// Where a group's history stands: the offset of its newest message (0 before the first) and
-/// the epoch that offset belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct Position {
-    pub(crate) offset: u64,
-    pub(crate) epoch: String,
-}
-
-/// Retained messages of a group after some offset, oldest first.
-#[derive(Debug, Clone)]
-pub(crate) struct HistorySlice {
-    pub(crate) position: Position,
-    /// The oldest offset still retained (0 when none is).
-    pub(crate) first: u64,
-    /// `(offset, frame)` pairs.
-    pub(crate) messages: Vec<(u64, Utf8Bytes)>,
-}
-
-impl HistorySlice {
-    /// Whether every message after `since` of `epoch` is still retained (or none was missed).
-    pub(crate) fn covers(&self, since: u64, epoch: &str) -> bool {
-        let top = self.position.offset;
-        epoch == self.position.epoch
-            && since <= top
-            && (since == top || (self.first != 0 && self.first <= since + 1))
     }
 }
 
@@ -143,6 +104,11 @@ pub(crate) trait Sink: Send + Sync + 'static {
     /// Hands one encoded client frame for `group` to the instance. Must not block: it runs on
     /// the broker's reader, which every group of the instance shares.
     fn deliver(&self, group: &str, frame: Utf8Bytes);
+
+    /// The broker lost its subscription and has just subscribed `groups` again, on a new
+    /// connection: messages published in between were not delivered. Called before any message
+    /// of the new connection; must not block.
+    fn resumed(&self, groups: &[GroupName]);
 }
 
 /// The publishing half of a broker.
@@ -183,23 +149,33 @@ pub(crate) trait Subscriber: Send + Sync + 'static {
     fn is_ready(&self) -> bool;
 }
 
-/// Reading groups' retained messages.
+/// Reading groups' retained messages. Reads create no state: a flood of subscribes to new group
+/// names costs nothing in the broker.
 pub(crate) trait History: Send + Sync + 'static {
-    /// The group's retained messages after `since` (at most `limit`) and its current position.
-    /// Starts the group's epoch if it has none yet, so the position is always meaningful.
+    /// Where the group's history stands, read atomically.
+    fn state<'a>(&'a self, group: &'a GroupName) -> Answer<'a, HistoryState>;
+
+    /// Retained messages of `epoch` after offset `after`, oldest first: at most `limit`, and no
+    /// more once `max_bytes` were taken (at least one when any is retained). `None` when the
+    /// group's history is no longer `epoch`.
     fn read<'a>(
         &'a self,
         group: &'a GroupName,
-        since: u64,
+        epoch: &'a str,
+        after: u64,
         limit: usize,
-        policy: HistoryPolicy,
-    ) -> Answer<'a, HistorySlice>;
+        max_bytes: usize,
+    ) -> Answer<'a, Option<Page>>;
 }
 
 /// Who is subscribed to a group, across instances.
 pub(crate) trait Presence: Send + Sync + 'static {
     /// Adds (or refreshes) entries of `group` for `ttl`.
     fn set<'a>(&'a self, group: &'a GroupName, clients: &'a [ClientInfo], ttl: Duration) -> Answer<'a, ()>;
+
+    /// Refreshes every entry of many groups for `ttl` (an instance's heartbeat), in as few
+    /// round trips as the backend allows.
+    fn refresh<'a>(&'a self, groups: &'a [(GroupName, Vec<ClientInfo>)], ttl: Duration) -> Answer<'a, ()>;
 
     /// Removes one client's entry from `group`.
     fn remove<'a>(&'a self, group: &'a GroupName, client: &'a str) -> Answer<'a, ()>;

@@ -72,6 +72,8 @@ pub struct HttpSourceConfig {
     /// HTTP method, `GET` unless set.
     pub method: Option<String>,
     pub headers: BTreeMap<String, String>,
+    /// Whether to follow redirects (to the same host only); a redirect not followed fails the run.
+    pub follow_redirects: bool,
 }
 
 pub(super) fn validate(jobs: &[JobConfig], scheduler: &SchedulerConfig) -> Result<(), ConfigError> {

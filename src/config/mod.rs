@@ -109,6 +109,10 @@ pub struct Config {
     /// How long past a ping a silent client is kept before it is closed.
     #[serde(with = "humantime_serde")]
     pub pong_timeout: Duration,
+    /// How long a write to a client's socket may make no progress before the client is closed
+    /// as a slow consumer (it stopped reading).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// On shutdown, clients are closed (1012) one by one over this period.
     #[serde(with = "humantime_serde")]
     pub drain_period: Duration,
@@ -152,6 +156,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
             drain_period: Duration::from_secs(10),
             namespaces: BTreeMap::new(),
             presence_ttl: Duration::from_secs(30),

@@ -7,6 +7,7 @@
 //! history_ttl = "10m"     # ... for 10 minutes after the last publish
 //! presence = true         # who is subscribed, across instances
 //! join_leave = true       # members see join/leave events
+//! require_auth = true     # anonymous clients may not subscribe, publish or see presence
 //! ```
 
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub struct NamespaceConfig {
     pub presence: bool,
     /// Whether members receive `join` and `leave` events.
     pub join_leave: bool,
+    /// Whether anonymous clients (no token, with `auth = "optional"`) are refused here.
+    pub require_auth: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -40,6 +43,7 @@ impl Default for NamespaceConfig {
             history_ttl: Duration::from_secs(600),
             presence: false,
             join_leave: false,
+            require_auth: false,
         }
     }
 }

@@ -7,7 +7,10 @@
 //! subscribe = ["chat.{room}"]
 //! publish = ["chat.{room}"]
 //! ```
-//! Path parameters are whole segments written `{name}`; group templates may use them. The
+//! Path parameters are whole segments written `{name}`; group templates may use them. A route
+//! narrows what its clients may do, never widens it: its `subscribe` groups are joined only where
+//! the client's identity allows, and with a `publish` list its clients may publish to those
+//! groups only (and only where their identity and namespace allow). The
 //! gateway compiles paths and templates at start (`gateway::routes`), naming the key of any
 //! error (`routes[0].subscribe[1]`).
 
@@ -20,6 +23,6 @@ pub struct RouteConfig {
     pub path: String,
     /// Group templates every client on this path is subscribed to on connect.
     pub subscribe: Vec<String>,
-    /// Group templates clients on this path may publish to.
-    pub publish: Vec<String>,
+    /// The only group templates clients on this path may publish to; unset: no narrowing.
+    pub publish: Option<Vec<String>>,
 }

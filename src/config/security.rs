@@ -59,6 +59,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         ("handshake_timeout", config.handshake_timeout),
         ("ping_interval", config.ping_interval),
         ("pong_timeout", config.pong_timeout),
+        ("write_timeout", config.write_timeout),
     ];
     if let Some((key, _)) = durations.iter().find(|(_, d)| *d < Duration::from_millis(100)) {
         return Err(invalid(key, "must be at least 100ms"));

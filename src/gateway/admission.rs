@@ -6,16 +6,16 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{ConnectInfo, FromRequestParts, Query};
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
-use serde::Deserialize;
+use axum::http::{HeaderMap, StatusCode, header};
 use wildmatch::WildMatch;
 
 use super::Gateway;
 use super::error::ApiError;
 use crate::config::Config;
-use crate::protocol::ErrorCode;
+use crate::group::GroupName;
+use crate::protocol::{ErrorCode, Since};
 
 /// Origin patterns and connection counts.
 pub(super) struct Admission {
@@ -50,13 +50,25 @@ impl Admission {
 
     /// Whether a browser at `origin` may connect to a gateway reached as `host`: its own host
     /// always may, other origins only when a pattern allows them.
-    pub(crate) fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
         let origin = origin.to_ascii_lowercase();
         let authority = origin.split_once("://").map_or(origin.as_str(), |(_, rest)| rest);
         if host.is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
             return true;
         }
         self.origins.iter().any(|(whole, p)| p.matches(if *whole { &origin } else { authority }))
+    }
+
+    /// 403 for a browser request whose `Origin` is not allowed; requests without one are not
+    /// from browsers and pass.
+    pub(super) fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if origin.to_str().is_ok_and(|o| self.origin_allowed(o, host)) {
+            return Ok(());
+        }
+        let message = "origin not allowed (see allowed_origins)";
+        Err(ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message))
     }
 
     fn reserve(&self, ip: IpAddr) -> Result<(), ApiError> {
@@ -104,16 +116,42 @@ impl Drop for Slot {
     }
 }
 
-/// An admitted WebSocket handshake: origin checked, slot reserved, token (if in the URL) taken.
+/// An admitted WebSocket handshake: origin checked, slot reserved, the URL's token and
+/// recovery positions taken.
 pub(super) struct Admitted {
-    pub peer: SocketAddr,
-    pub token: Option<String>,
-    pub slot: Slot,
+    pub(super) peer: SocketAddr,
+    pub(super) token: Option<String>,
+    /// `?since=<group>:<offset>:<epoch>` (repeatable): where the client left off in groups its
+    /// route joins it to.
+    pub(super) since: HashMap<GroupName, Since>,
+    pub(super) slot: Slot,
 }
 
-#[derive(Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
+/// The token and `since` positions of a WebSocket URL's query.
+fn parse_query(query: &str) -> Result<(Option<String>, HashMap<GroupName, Since>), ApiError> {
+    let (mut token, mut since) = (None, HashMap::new());
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "token" => token = Some(value.into_owned()),
+            "since" => {
+                let (group, position) = parse_since(&value).ok_or_else(|| {
+                    let message = format!("since must be <group>:<offset>:<epoch>, got {value:?}");
+                    ApiError::bad_request(ErrorCode::BadRequest, message)
+                })?;
+                since.insert(group, position);
+            }
+            _ => {}
+        }
+    }
+    Ok((token, since))
+}
+
+fn parse_since(value: &str) -> Option<(GroupName, Since)> {
+    let mut parts = value.splitn(3, ':');
+    let group = GroupName::new(parts.next()?).ok()?;
+    let offset = parts.next()?.parse().ok()?;
+    let epoch = parts.next().filter(|e| !e.is_empty())?.to_string();
+    Some((group, Since { offset, epoch }))
 }
 
 impl FromRequestParts<Arc<Gateway>> for Admitted {
@@ -124,23 +162,14 @@ impl FromRequestParts<Arc<Gateway>> for Admitted {
             ConnectInfo::<SocketAddr>::from_request_parts(parts, gateway).await.map_err(|_| {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "no peer address")
             })?;
-        if let Some(origin) = parts.headers.get(header::ORIGIN) {
-            let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok());
-            let allowed = origin.to_str().is_ok_and(|o| gateway.admission.origin_allowed(o, host));
-            if !allowed {
-                let message = "origin not allowed (see allowed_origins)";
-                return Err(ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message));
-            }
-        }
+        gateway.admission.check_origin(&parts.headers)?;
         if gateway.is_draining() {
             let message = "this instance is shutting down: connect to another";
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message));
         }
-        let Query(TokenQuery { token }) = Query::<TokenQuery>::from_request_parts(parts, gateway)
-            .await
-            .map_err(|e| ApiError::bad_request(ErrorCode::BadRequest, e.body_text()))?;
+        let (token, since) = parse_query(parts.uri.query().unwrap_or(""))?;
         gateway.admission.reserve(peer.ip())?;
-        Ok(Self { peer, token, slot: Slot { gateway: gateway.clone(), ip: peer.ip() } })
+        Ok(Self { peer, token, since, slot: Slot { gateway: gateway.clone(), ip: peer.ip() } })
     }
 }
 
@@ -166,6 +195,18 @@ mod tests {
         assert!(!a.origin_allowed("https://evilexample.org", None));
         assert!(a.origin_allowed("http://localhost:5173", None));
         assert!(!a.origin_allowed("https://evil.com", Some("gw.test")));
+    }
+
+    #[test]
+    fn the_query_gives_a_token_and_positions_to_recover_from() {
+        let (token, since) = parse_query("token=t%2B1&since=chat.a:41:9f2c&since=b:0:0-17-3&x=1").unwrap();
+        assert_eq!(token.as_deref(), Some("t+1"));
+        let g = |name: &str| GroupName::new(name).unwrap();
+        assert_eq!(since[&g("chat.a")], Since { offset: 41, epoch: "9f2c".into() });
+        assert_eq!(since[&g("b")], Since { offset: 0, epoch: "0-17-3".into() });
+        for bad in ["since=a:1", "since=a b:1:e", "since=a:x:e", "since=a:1:"] {
+            assert_eq!(parse_query(bad).unwrap_err().status, StatusCode::BAD_REQUEST, "{bad}");
+        }
     }
 
     #[test]

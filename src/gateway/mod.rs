@@ -77,9 +77,9 @@ impl Gateway {
         let admission = admission::Admission::new(&config);
         let stopped = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
-        let registry = Registry::new(metrics.clone());
+        let (registry, resumes) = Registry::new(metrics.clone());
         let broker = Broker::from_config(&config, registry.clone(), stopped.clone(), metrics.clone())?;
-        let hub = Hub::new(registry, broker);
+        let hub = Hub::new(registry, broker, resumes, metrics.clone());
         Ok(Arc::new(Self {
             config,
             hub,
@@ -112,10 +112,16 @@ impl Gateway {
         &self.metrics
     }
 
-    /// Registers a new session's outbox and returns its id.
+    /// Registers a new session's outbox and returns its id. A session that opens once the
+    /// drain has begun (its handshake was already under way) is closed at once: the drain
+    /// looks at the registered sessions only once more after it set `draining`.
     fn open_session(&self, outbox: &Arc<Outbox>) -> MemberId {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        crate::lock(&self.live).insert(id, outbox.clone());
+        let mut live = crate::lock(&self.live);
+        if self.is_draining() {
+            outbox.close(crate::protocol::close::RESTARTING);
+        }
+        live.insert(id, outbox.clone());
         id
     }
 
@@ -164,4 +170,24 @@ fn router(gateway: Arc<Gateway>) -> Router {
         router = router.route(&route.path, routes::handler(route.clone()));
     }
     router.with_state(gateway)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::close;
+
+    #[tokio::test]
+    async fn a_session_that_opens_once_the_drain_began_is_closed_at_once() {
+        let gateway = Gateway::new(Config::default(), CancellationToken::new()).unwrap();
+        let (early, _) = Outbox::new(4, 1024);
+        let early = Arc::new(early);
+        gateway.open_session(&early);
+        gateway.draining.store(true, Ordering::Release);
+        let (late, _) = Outbox::new(4, 1024);
+        let late = Arc::new(late);
+        gateway.open_session(&late);
+        assert_eq!(early.close_requested(), None, "the drain closes it in its turn");
+        assert_eq!(late.close_requested(), Some(close::RESTARTING), "after the drain's last look");
+    }
 }

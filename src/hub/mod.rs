@@ -8,93 +8,35 @@
 //! group, subscribe and unsubscribe reach the broker in the order membership changed; they never
 //! block. Empty groups are removed at once, so the map holds only groups with members.
 //!
-//! Members of groups with history pass through a [`Gate`], which merges a recovering member's
-//! history with the live stream by offset.
+//! Members of groups with history pass through a [`Gate`], which merges what a member is sent
+//! from history with the live stream by offset. When the broker resubscribes after losing its
+//! connection, the registry holds every such member's live frames at once and the hub catches
+//! them up from history in the background ([`recovery`]): a gap in the subscription never turns
+//! into a silent gap for a client.
 
 mod gate;
+mod recovery;
+mod registry;
 
-use std::collections::HashMap;
-use std::collections::hash_map::{Entry, RandomState};
-use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{Semaphore, mpsc};
 
-use crate::broker::{Broker, BrokerError, Publisher, Sink, Subscription};
+use crate::broker::{Broker, BrokerError, HistoryPolicy, Publisher};
 use crate::group::GroupName;
-use crate::metrics::{Metrics, Reason};
+use crate::metrics::Metrics;
 use crate::outbox::Outbox;
-use crate::protocol::frame_position;
 
-pub(crate) use gate::Gate;
+pub(crate) use gate::{Gate, Reached};
+pub(crate) use recovery::{Catching, Pace, catch_up};
+pub(crate) use registry::{MemberId, Registry, Resume};
 
-/// Shards of the group map; a power of two well above the core count keeps contention low.
-const SHARDS: usize = 64;
 /// How long a join waits for the broker to confirm a new group subscription.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A process-unique session id, the key of a member within a group.
-pub(crate) type MemberId = u64;
-
-/// A local member: its queue, and its gate when the group has history.
-struct Member {
-    outbox: Arc<Outbox>,
-    gate: Option<Arc<Gate>>,
-}
-
-struct Group {
-    members: HashMap<MemberId, Member>,
-    /// The broker's confirmation of this instance's subscription; joiners wait on it.
-    subscription: Subscription,
-}
-
-type Shard = HashMap<GroupName, Group>;
-
-/// Sharded `group -> members` map; delivers broker messages to local members.
-pub(crate) struct Registry {
-    shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
-    /// Counts frames queued and dropped by fan-out.
-    metrics: Arc<Metrics>,
-}
-
-impl Registry {
-    pub(crate) fn new(metrics: Arc<Metrics>) -> Arc<Self> {
-        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
-        Arc::new(Self { shards, hasher: RandomState::new(), metrics })
-    }
-
-    fn shard(&self, group: &str) -> MutexGuard<'_, Shard> {
-        let index = self.hasher.hash_one(group) as usize % self.shards.len();
-        crate::lock(&self.shards[index])
-    }
-
-    /// Number of groups with at least one local member.
-    pub(crate) fn group_count(&self) -> usize {
-        self.shards.iter().map(|s| crate::lock(s).len()).sum()
-    }
-}
-
-impl Sink for Registry {
-    fn deliver(&self, group: &str, frame: Utf8Bytes) {
-        let shard = self.shard(group);
-        let Some(group) = shard.get(group) else { return };
-        // Parsed once per message; only gated members look at it.
-        let position = frame_position(&frame);
-        let mut dropped = 0;
-        for member in group.members.values() {
-            match &member.gate {
-                None => dropped += u64::from(!member.outbox.push(frame.clone())),
-                Some(gate) => gate.offer(position, frame.clone(), &member.outbox),
-            }
-        }
-        self.metrics.messages_out.inc_by(group.members.len() as u64 - dropped);
-        if dropped > 0 {
-            self.metrics.drops.get_or_create(&Reason { reason: "slow_consumer" }).inc_by(dropped);
-        }
-    }
-}
+/// Groups caught up at once after a resubscription, so thousands of groups do not hit Redis
+/// together.
+const CATCH_UPS_AT_ONCE: usize = 64;
 
 /// Group membership of local sessions, kept in step with the broker's subscriptions.
 pub(crate) struct Hub {
@@ -103,7 +45,15 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    pub(crate) fn new(registry: Arc<Registry>, broker: Broker) -> Self {
+    /// The hub over `registry` (the broker's sink) and `broker`; catches up the members the
+    /// registry reports through `resumes`, in the background.
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        broker: Broker,
+        resumes: mpsc::UnboundedReceiver<Resume>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        tokio::spawn(catch_up_resumed(resumes, broker.clone(), metrics));
         Self { registry, broker }
     }
 
@@ -121,34 +71,19 @@ impl Hub {
     }
 
     /// Adds `member` to `group` and returns once the instance receives the group's messages.
-    /// With a `gate`, the group's frames reach the member through it. Joining again replaces
-    /// the membership. On failure the member is not in the group.
+    /// With a gate (groups with history), the group's frames reach the member through it.
+    /// Joining again replaces the membership. On failure the member is not in the group.
     pub(crate) async fn join(
         &self,
         group: &GroupName,
         member: MemberId,
         outbox: &Arc<Outbox>,
-        gate: Option<Arc<Gate>>,
+        gate: Option<(Arc<Gate>, HistoryPolicy)>,
     ) -> Result<(), BrokerError> {
         if !self.broker.subscriber.is_ready() {
             return Err(BrokerError::Unavailable("broker is not connected".into()));
         }
-        let subscription = {
-            let mut shard = self.registry.shard(group.as_str());
-            let new = Member { outbox: outbox.clone(), gate };
-            match shard.entry(group.clone()) {
-                Entry::Occupied(mut entry) => {
-                    entry.get_mut().members.insert(member, new);
-                    entry.get().subscription.clone()
-                }
-                Entry::Vacant(entry) => {
-                    let subscription = self.broker.subscriber.subscribe(group);
-                    let members = HashMap::from([(member, new)]);
-                    entry.insert(Group { members, subscription: subscription.clone() });
-                    subscription
-                }
-            }
-        };
+        let subscription = self.registry.add(group, member, outbox, gate, &*self.broker.subscriber);
         let confirmed = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscription.wait()).await {
             Ok(result) => result,
             Err(_) => Err(BrokerError::Unavailable("subscription not confirmed in time".into())),
@@ -162,14 +97,24 @@ impl Hub {
     /// Removes `member` from `group`; the last member out unsubscribes the instance.
     /// Returns whether it was a member.
     pub(crate) fn leave(&self, group: &GroupName, member: MemberId) -> bool {
-        let mut shard = self.registry.shard(group.as_str());
-        let Some(entry) = shard.get_mut(group.as_str()) else { return false };
-        let was_member = entry.members.remove(&member).is_some();
-        if entry.members.is_empty() {
-            shard.remove(group.as_str());
-            self.broker.subscriber.unsubscribe(group);
-        }
-        was_member
+        self.registry.remove(group, member, &*self.broker.subscriber)
+    }
+}
+
+/// Catches up the members of every group the broker resubscribed, a few groups at a time.
+async fn catch_up_resumed(
+    mut resumes: mpsc::UnboundedReceiver<Resume>,
+    broker: Broker,
+    metrics: Arc<Metrics>,
+) {
+    let slots = Arc::new(Semaphore::new(CATCH_UPS_AT_ONCE));
+    while let Some(Resume { group, policy, members }) = resumes.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let (history, metrics) = (broker.history.clone(), metrics.clone());
+        tokio::spawn(async move {
+            catch_up(&*history, &metrics, &group, policy, members, None, Pace::Push).await;
+            drop(slot);
+        });
     }
 }
 
@@ -177,8 +122,10 @@ impl Hub {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use crate::broker::Subscriber;
+    use axum::extract::ws::Utf8Bytes;
+
     use crate::broker::memory::MemoryBroker;
+    use crate::broker::{Sink, Subscriber, Subscription};
 
     use super::*;
 
@@ -204,10 +151,10 @@ mod tests {
 
     #[tokio::test]
     async fn first_join_subscribes_last_leave_unsubscribes_and_fanout_shares_frames() {
-        let registry = Registry::new(Arc::default());
+        let (registry, resumes) = Registry::new(Arc::default());
         let counting = Arc::new(CountingSubscriber::default());
         let broker = Broker { subscriber: counting.clone(), ..MemoryBroker::start(registry.clone()) };
-        let hub = Hub::new(registry.clone(), broker);
+        let hub = Hub::new(registry.clone(), broker, resumes, Arc::default());
         let group = GroupName::new("g").unwrap();
         let (a, mut rx_a) = Outbox::new(4, 1 << 20);
         let (b, mut rx_b) = Outbox::new(4, 1 << 20);

@@ -71,6 +71,26 @@ pub(crate) async fn invoke<T: ::redis::FromRedisValue>(
     .await
 }
 
+/// Runs many calls of one Lua script in a single pipeline (one round trip), within
+/// [`COMMAND_TIMEOUT`]. The script is loaded first in the same pipeline, so none fails for
+/// being unknown to the server.
+pub(crate) async fn invoke_all(
+    pool: &Pool,
+    script: &::redis::Script,
+    calls: &[::redis::ScriptInvocation<'_>],
+) -> Result<(), Unavailable> {
+    let mut pipe = ::redis::pipe();
+    pipe.load_script(script).ignore();
+    for call in calls {
+        pipe.invoke_script(call).ignore();
+    }
+    in_time(async {
+        let mut conn = pool.get().await.map_err(Unavailable::from_error)?;
+        pipe.query_async::<()>(&mut conn).await.map_err(Unavailable::from_error)
+    })
+    .await
+}
+
 /// [`Unavailable`] when `work` takes longer than [`COMMAND_TIMEOUT`].
 async fn in_time<T>(work: impl Future<Output = Result<T, Unavailable>>) -> Result<T, Unavailable> {
     tokio::time::timeout(COMMAND_TIMEOUT, work)

@@ -36,7 +36,7 @@ use job::Job;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use source::FetchContext;
-use source::SourceError;
+use source::{HttpClients, SourceError};
 
 pub struct Scheduler {
     jobs: Vec<Arc<Job>>,
@@ -48,7 +48,7 @@ pub struct Scheduler {
     holder: String,
     lease_ttl: Duration,
     max_bytes: usize,
-    http: reqwest::Client,
+    http: HttpClients,
 }
 
 impl Scheduler {
@@ -90,10 +90,7 @@ impl Scheduler {
                 Ok::<_, ConfigError>(Arc::new(job))
             })
             .collect::<Result<_, _>>()?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(StartError::HttpClient)?;
+        let http = HttpClients::new().map_err(StartError::HttpClient)?;
         Ok(Self {
             jobs,
             metrics,
@@ -210,12 +207,12 @@ impl Scheduler {
             Err(_) => return fail(&SourceError::Timeout(job.timeout)),
         };
         if job.on_change_only {
-            match self.coordinator.last_data(&job.name).await {
-                Ok(Some(last)) if last == data.get() => {
+            match self.unchanged(&job, data.get()).await {
+                Ok(true) => {
                     self.count_skip(&job, "unchanged");
                     return tracing::debug!(job = %job.name, tick, "data unchanged; not published");
                 }
-                Ok(_) => {}
+                Ok(false) => {}
                 Err(e) => return fail(&e),
             }
         }
@@ -226,12 +223,30 @@ impl Scheduler {
         tracing::debug!(job = %job.name, tick, group = %job.group, "published");
         if job.on_change_only {
             // If this fails the next tick publishes the same data again: a repeat, never a loss.
-            if let Err(e) = self.coordinator.set_last_data(&job.name, data.get()).await {
+            let record = format!("{PUBLISHED}{}", data.get());
+            if let Err(e) = self.coordinator.set_last_data(&job.name, &record).await {
                 tracing::warn!(job = %job.name, error = %e, "could not record the published data");
             }
         }
     }
+
+    /// For `on_change_only`: whether `data` is what the job last published for sure. If not,
+    /// records it as about to be published first, so that a replica taking over before this
+    /// publish is confirmed publishes again (a repeat) rather than skip a change back to an
+    /// earlier value.
+    async fn unchanged(&self, job: &Job, data: &str) -> Result<bool, crate::redis::Unavailable> {
+        let last = self.coordinator.last_data(&job.name).await?;
+        if last.as_deref().and_then(|last| last.strip_prefix(PUBLISHED)) == Some(data) {
+            return Ok(true);
+        }
+        self.coordinator.set_last_data(&job.name, &format!("{PENDING}{data}")).await?;
+        Ok(false)
+    }
 }
+
+/// How `on_change_only` records the data it publishes: before publishing, and once published.
+const PENDING: &str = "pending:";
+const PUBLISHED: &str = "published:";
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)

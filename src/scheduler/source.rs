@@ -18,7 +18,7 @@ const STDERR_KEEP: u64 = 2048;
 
 pub(crate) enum Source {
     Command(Vec<String>),
-    Http { url: reqwest::Url, method: reqwest::Method, headers: HeaderMap },
+    Http { url: reqwest::Url, method: reqwest::Method, headers: HeaderMap, follow_redirects: bool },
     Static(Box<RawValue>),
     Clock,
     System,
@@ -44,9 +44,36 @@ pub(crate) enum SourceError {
     Io(#[from] std::io::Error),
 }
 
-/// What a fetch may use: a shared HTTP client, the tick's nominal time, a size limit.
+/// The HTTP clients of every job, built once: one never follows redirects, the other follows
+/// them within the same host only (a job's data source must not send the request elsewhere).
+pub(crate) struct HttpClients {
+    direct: reqwest::Client,
+    same_host: reqwest::Client,
+}
+
+impl HttpClients {
+    pub(crate) fn new() -> Result<Self, reqwest::Error> {
+        let builder = || reqwest::Client::builder().user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")));
+        let same_host = reqwest::redirect::Policy::custom(|attempt| {
+            let first = attempt.previous().first().and_then(|url| url.host_str().map(str::to_owned));
+            if attempt.previous().len() > 5 {
+                attempt.error("too many redirects")
+            } else if first.as_deref() == attempt.url().host_str() {
+                attempt.follow()
+            } else {
+                attempt.error("redirect to another host")
+            }
+        });
+        Ok(Self {
+            direct: builder().redirect(reqwest::redirect::Policy::none()).build()?,
+            same_host: builder().redirect(same_host).build()?,
+        })
+    }
+}
+
+/// What a fetch may use: the HTTP clients, the tick's nominal time, a size limit.
 pub(crate) struct FetchContext<'a> {
-    pub(crate) http: &'a reqwest::Client,
+    pub(crate) http: &'a HttpClients,
     pub(crate) tick_ms: i64,
     pub(crate) max_bytes: usize,
 }
@@ -84,7 +111,7 @@ impl Source {
                 let value = HeaderValue::try_from(value).map_err(|e| format!("http.headers: {name}: {e}"))?;
                 headers.insert(name, value);
             }
-            return Ok(Source::Http { url, method, headers });
+            return Ok(Source::Http { url, method, headers, follow_redirects: http.follow_redirects });
         }
         if let Some(data) = &config.static_data {
             let raw = serde_json::value::to_raw_value(data).map_err(|e| format!("static: {e}"))?;
@@ -102,8 +129,9 @@ impl Source {
     pub(crate) async fn fetch(&self, ctx: &FetchContext<'_>) -> Result<Box<RawValue>, SourceError> {
         match self {
             Source::Command(argv) => run_command(argv, ctx.max_bytes).await,
-            Source::Http { url, method, headers } => {
-                let request = ctx.http.request(method.clone(), url.clone()).headers(headers.clone());
+            Source::Http { url, method, headers, follow_redirects } => {
+                let client = if *follow_redirects { &ctx.http.same_host } else { &ctx.http.direct };
+                let request = client.request(method.clone(), url.clone()).headers(headers.clone());
                 let mut response = request.send().await?;
                 if !response.status().is_success() {
                     return Err(SourceError::Status(response.status()));
@@ -197,7 +225,7 @@ fn system() -> Result<serde_json::Value, SourceError> {
 mod tests {
     use super::*;
 
-    fn ctx(http: &reqwest::Client) -> FetchContext<'_> {
+    fn ctx(http: &HttpClients) -> FetchContext<'_> {
         FetchContext { http, tick_ms: 1_700_000_000_000, max_bytes: 1024 }
     }
 
@@ -207,7 +235,7 @@ mod tests {
 
     #[tokio::test]
     async fn command_stdout_is_the_data_and_failures_are_typed() {
-        let http = reqwest::Client::new();
+        let http = HttpClients::new().unwrap();
         let ok = command(&["sh", "-c", r#"echo '{"n": 1}'"#]).fetch(&ctx(&http)).await.unwrap();
         assert_eq!(ok.get(), r#"{"n": 1}"#);
         let exit = command(&["sh", "-c", "echo oops >&2; exit 3"]).fetch(&ctx(&http)).await.unwrap_err();
@@ -227,7 +255,7 @@ mod tests {
 
     #[tokio::test]
     async fn builtins() {
-        let http = reqwest::Client::new();
+        let http = HttpClients::new().unwrap();
         let clock: serde_json::Value =
             serde_json::from_str(Source::Clock.fetch(&ctx(&http)).await.unwrap().get()).unwrap();
         assert_eq!(clock, json!({"time": "2023-11-14T22:13:20.000Z", "unix_ms": 1_700_000_000_000i64}));

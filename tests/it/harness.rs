@@ -41,6 +41,11 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// The value of an exact metric line (`name{labels}`), if present.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -231,6 +236,11 @@ impl Node {
         http(self.addr, "GET", path, &[], "").await
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        http_raw(self.addr, "GET", "/metrics", &[], "").await.1
+    }
+
     /// `POST /api/publish` from loopback without a key.
     pub async fn publish(&self, group: &str, data: Value) -> (u16, Value) {
         let body = json!({"group": group, "data": data}).to_string();
@@ -243,7 +253,8 @@ impl Node {
     }
 }
 
-/// A minimal HTTP/1.1 client: one request per connection, JSON (or empty) body back.
+/// A minimal HTTP/1.1 client: one request per connection with a JSON body, JSON (or empty)
+/// body back.
 pub async fn http(
     addr: SocketAddr,
     method: &str,
@@ -251,9 +262,23 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, Value) {
+    let headers: Vec<_> =
+        [("content-type", "application/json")].into_iter().chain(headers.iter().copied()).collect();
+    let (status, body) = http_raw(addr, method, path, &headers, body).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// One HTTP/1.1 request with exactly the given headers; the status and the body as text.
+pub async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
     );
     for (name, value) in headers {
@@ -266,8 +291,7 @@ pub async fn http(
     tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("http response").unwrap();
     let text = String::from_utf8_lossy(&response);
     let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    (status, text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string())
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;

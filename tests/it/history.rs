@@ -18,11 +18,18 @@ fn gateway_toml(redis: &Redis, node: &str) -> String {
     )
 }
 
-/// Reads message frames until the connection ends; returns `(offset, seq)` pairs.
-async fn read_until_closed(client: &mut Client, seen: &mut Vec<(u64, u64)>) {
+/// `(offset, epoch, seq)` of a message frame.
+fn position(frame: &Value) -> (u64, String, u64) {
+    assert_eq!(frame["type"], "message", "{frame}");
+    let epoch = frame["epoch"].as_str().unwrap().to_string();
+    (frame["offset"].as_u64().unwrap(), epoch, frame["data"]["seq"].as_u64().unwrap())
+}
+
+/// Reads message frames until the connection ends.
+async fn read_until_closed(client: &mut Client, seen: &mut Vec<(u64, String, u64)>) {
     while let Some(frame) = client.try_recv().await {
         if frame["type"] == "message" {
-            seen.push((frame["offset"].as_u64().unwrap(), frame["data"]["seq"].as_u64().unwrap()));
+            seen.push(position(&frame));
         }
     }
 }
@@ -38,7 +45,7 @@ async fn kill_and_recover(away: Duration) {
     }
     let mut client = gateways[0].client().await;
     let answer = client.request(json!({"type": "subscribe", "group": "feed.live"})).await;
-    let epoch = answer["result"]["epoch"].as_str().expect("history groups report their epoch").to_string();
+    assert_eq!(answer["result"]["offset"], 0, "nothing published yet: {answer}");
 
     const COUNT: u64 = 600;
     let publish_to = gateways[2].addr;
@@ -52,14 +59,14 @@ async fn kill_and_recover(away: Duration) {
 
     let mut seen = Vec::new();
     while seen.len() < 150 {
-        let frame = client.recv().await;
-        seen.push((frame["offset"].as_u64().unwrap(), frame["data"]["seq"].as_u64().unwrap()));
+        seen.push(position(&client.recv().await));
     }
     gateways[0].process.kill();
     read_until_closed(&mut client, &mut seen).await;
     tokio::time::sleep(away).await;
 
-    let last = seen.last().unwrap().0;
+    // The history started with the first publish: its epoch is the messages' one.
+    let (last, epoch, _) = seen.last().unwrap().clone();
     let mut client = gateways[1].client().await;
     let since = json!({"offset": last, "epoch": epoch});
     let answer = client.request(json!({"type": "subscribe", "group": "feed.live", "since": since})).await;
@@ -67,12 +74,10 @@ async fn kill_and_recover(away: Duration) {
     assert_eq!(answer["result"]["epoch"], epoch.as_str());
     publisher.await.unwrap();
     while seen.len() < COUNT as usize {
-        let frame = client.recv().await;
-        assert_eq!(frame["type"], "message", "{frame}");
-        seen.push((frame["offset"].as_u64().unwrap(), frame["data"]["seq"].as_u64().unwrap()));
+        seen.push(position(&client.recv().await));
     }
     client.assert_no_message().await;
-    let seqs: Vec<u64> = seen.iter().map(|(_, seq)| *seq).collect();
+    let seqs: Vec<u64> = seen.iter().map(|(_, _, seq)| *seq).collect();
     assert_eq!(seqs, (0..COUNT).collect::<Vec<_>>(), "every message once, in order");
     assert!(seen.windows(2).all(|w| w[1].0 == w[0].0 + 1), "offsets increase by one");
 }
@@ -135,10 +140,11 @@ async fn after_redis_restarts_without_data_recovery_fails_with_a_new_epoch_and_d
     config.namespaces.insert("feed".into(), history_namespace(100));
     let node = Node::ready(config).await;
     let mut member = node.client().await;
-    let before = member.request(json!({"type": "subscribe", "group": "feed.r"})).await["result"].clone();
+    member.subscribe("feed.r").await;
     node.publish("feed.r", json!("one")).await;
-    assert_eq!(member.recv().await["offset"], 1);
-    let old_epoch = before["epoch"].as_str().unwrap().to_string();
+    let one = member.recv().await;
+    assert_eq!(one["offset"], 1);
+    let old_epoch = one["epoch"].as_str().unwrap().to_string();
 
     redis.restart().await;
     eventually("ready again", || async { node.get("/readyz").await.0 == 200 }).await;
@@ -146,18 +152,26 @@ async fn after_redis_restarts_without_data_recovery_fails_with_a_new_epoch_and_d
     let since = json!({"offset": 1, "epoch": old_epoch});
     let answer = late.request(json!({"type": "subscribe", "group": "feed.r", "since": since})).await;
     assert_eq!(answer["result"]["recovered"], false, "{answer}");
-    let new_epoch = answer["result"]["epoch"].as_str().unwrap().to_string();
-    assert_ne!(new_epoch, old_epoch);
+    assert_eq!(answer["result"]["offset"], 0, "no history since the restart: {answer}");
+    // The member that stayed connected is told in place that its history is gone.
+    let told = member.recv().await;
+    assert_eq!(
+        (told["type"].as_str(), told["recovered"].as_bool()),
+        (Some("recovered"), Some(false)),
+        "{told}"
+    );
+    assert_eq!(told["offset"], 0);
 
     eventually("publish accepted", || async { node.publish("feed.r", json!("two")).await.0 == 200 }).await;
+    let mut epochs = Vec::new();
     for client in [&mut member, &mut late] {
         let frame: Value = client.recv().await;
-        assert_eq!(
-            (frame["data"].clone(), frame["epoch"].as_str()),
-            (json!("two"), Some(new_epoch.as_str()))
-        );
+        assert_eq!(frame["data"], json!("two"));
         assert_eq!(frame["offset"], 1, "offsets restart in the new epoch");
+        epochs.push(frame["epoch"].as_str().unwrap().to_string());
     }
+    assert_eq!(epochs[0], epochs[1]);
+    assert_ne!(epochs[0], old_epoch);
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
 //! `POST /api/publish` auth and validation, health endpoints.
 
+use herald::config::NamespaceConfig;
 use serde_json::json;
 
-use crate::harness::{Node, config, http};
+use crate::harness::{Node, Redis, config, http, http_raw};
 
 #[tokio::test]
 async fn publish_requires_one_of_the_configured_keys() {
@@ -67,4 +68,56 @@ async fn health_endpoints() {
     assert_eq!(node.get("/readyz").await, (200, json!({"status": "ready"})));
     let (status, _) = node.get("/").await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_web_page_cannot_publish_through_a_loopback_gateway() {
+    let mut config = config(None, "solo");
+    config.allowed_origins = vec!["https://app.example.com".into()];
+    let node = Node::ready(config).await;
+    let mut member = node.client().await;
+    member.subscribe("alerts").await;
+    let body = json!({"group": "alerts", "data": "x"}).to_string();
+    let post = |headers: &'static [(&'static str, &'static str)]| {
+        let body = body.clone();
+        let addr = node.addr;
+        async move { http_raw(addr, "POST", "/api/publish", headers, &body).await.0 }
+    };
+    // What `fetch(..., {mode: "no-cors"})` from a foreign page sends.
+    assert_eq!(post(&[("origin", "https://evil.test"), ("content-type", "text/plain")]).await, 403);
+    for content_type in
+        ["text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+    {
+        let headers: &'static [(&'static str, &'static str)] =
+            Box::leak(Box::new([("content-type", content_type)]));
+        assert_eq!(post(headers).await, 415, "{content_type}");
+    }
+    member.assert_no_message().await;
+    assert_eq!(post(&[]).await, 200, "no Content-Type");
+    assert_eq!(post(&[("content-type", "application/json; charset=utf-8")]).await, 200);
+    assert_eq!(
+        post(&[("origin", "https://app.example.com"), ("content-type", "application/json")]).await,
+        200
+    );
+    for _ in 0..3 {
+        assert_eq!(member.message().await.1, json!("x"));
+    }
+}
+
+#[tokio::test]
+async fn a_multi_group_publish_that_fails_for_some_groups_says_which() {
+    let redis = Redis::start().await;
+    let mut config = config(Some(&redis), "gw-1");
+    config.namespaces.insert("feed".into(), NamespaceConfig { history_size: 10, ..Default::default() });
+    let node = Node::ready(config).await;
+    let mut member = node.client().await;
+    member.subscribe("news").await;
+    // A key of the wrong type where feed.broken's history lives: Redis refuses its publish.
+    let _: String = redis.query(&["SET", "herald:history:{feed.broken}:meta", "oops"]).await;
+    let body = json!({"groups": ["news", "feed.broken", "feed.fine"], "data": 1}).to_string();
+    let (status, answer) = http(node.addr, "POST", "/api/publish", &[], &body).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["published"], json!(["news", "feed.fine"]));
+    assert_eq!(answer["failed"], json!([{"group": "feed.broken", "code": "unavailable"}]));
+    assert_eq!(member.message().await, ("news".into(), json!(1)));
 }

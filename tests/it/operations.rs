@@ -4,21 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{GatewayProcess, Node, Redis, config, eventually};
-
-/// The value of an exact metric line (`name{labels}`), if present.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
-async fn metrics_text(node: &Node) -> String {
-    let mut stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
+use crate::harness::{GatewayProcess, Node, Redis, config, eventually, metric};
 
 #[tokio::test]
 async fn metrics_count_connections_messages_drops_and_latency() {
@@ -36,10 +22,10 @@ async fn metrics_count_connections_messages_drops_and_latency() {
     assert_eq!(big.close_code().await, 1009);
 
     eventually("closes counted", || async {
-        metric(&metrics_text(&node).await, r#"herald_closes_total{code="1009"}"#) == Some(1.0)
+        metric(&node.metrics().await, r#"herald_closes_total{code="1009"}"#) == Some(1.0)
     })
     .await;
-    let text = metrics_text(&node).await;
+    let text = node.metrics().await;
     assert_eq!(metric(&text, "herald_connections"), Some(2.0), "{text}");
     assert_eq!(metric(&text, "herald_subscriptions"), Some(2.0));
     assert_eq!(metric(&text, "herald_groups"), Some(1.0));

@@ -103,3 +103,41 @@ async fn presence_is_refused_where_the_namespace_has_it_off() {
     assert_eq!(answer["code"], "forbidden");
     assert_eq!(node.get("/api/presence?group=plain.g").await.0, 400);
 }
+
+#[tokio::test]
+async fn a_member_whose_subscribe_fails_is_never_announced_as_leaving() {
+    let redis = Redis::start().await;
+    let mut config = config(Some(&redis), "gw-1");
+    config.namespaces.insert("room".into(), NamespaceConfig { history_size: 10, ..presence_namespace() });
+    let node = Node::ready(config).await;
+    let mut watcher = node.client().await;
+    watcher.subscribe("room.a").await;
+    let _ = watcher.recv().await; // its own join
+    // A key of the wrong type where the group's history lives: reading it fails.
+    let _: String = redis.query(&["SET", "herald:history:{room.a}:meta", "oops"]).await;
+    let mut failing = node.client().await;
+    let answer = failing.request(json!({"type": "subscribe", "group": "room.a"})).await;
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+    watcher.assert_no_message().await;
+}
+
+#[tokio::test]
+async fn the_heartbeat_keeps_hundreds_of_groups_present() {
+    let redis = Redis::start().await;
+    let mut config = config(Some(&redis), "gw-1");
+    config.namespaces.insert("room".into(), presence_namespace());
+    config.presence_ttl = std::time::Duration::from_secs(1);
+    (config.rate_limit, config.rate_limit_burst) = (10_000, 10_000);
+    config.max_groups_per_client = 300;
+    let node = Node::ready(config).await;
+    let mut member = node.client().await;
+    for n in 0..300 {
+        member.subscribe(&format!("room.{n}")).await;
+    }
+    // Several TTLs later every entry is still there: each round refreshed all 300 groups.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    for n in [0, 150, 299] {
+        let (status, body) = node.get(&format!("/api/presence?group=room.{n}")).await;
+        assert_eq!((status, body["clients"].as_array().map(Vec::len)), (200, Some(1)), "room.{n}: {body}");
+    }
+}

@@ -1,6 +1,7 @@
-//! `[[routes]]`: auto-subscription and publish grants from the connection path.
+//! `[[routes]]`: auto-subscription from the connection path, and publishing narrowed to the
+//! route's groups.
 
-use herald::config::{Config, Mode, Overrides, RouteConfig};
+use herald::config::{Config, Mode, NamespaceConfig, Overrides, RouteConfig};
 use herald::gateway::Gateway;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -8,12 +9,13 @@ use tokio_util::sync::CancellationToken;
 use crate::harness::{Client, Node, Process, config};
 
 #[tokio::test]
-async fn a_route_subscribes_on_connect_and_grants_publishing_to_its_groups() {
+async fn a_route_subscribes_on_connect_and_narrows_publishing_to_its_groups() {
     let mut config = config(None, "solo");
+    config.namespaces.insert("chat".into(), NamespaceConfig { client_publish: true, ..Default::default() });
     config.routes.push(RouteConfig {
         path: "/ws/chat/{room}".into(),
         subscribe: vec!["chat.{room}".into(), "announcements".into()],
-        publish: vec!["chat.{room}".into()],
+        publish: Some(vec!["chat.{room}".into()]),
     });
     let node = Node::ready(config).await;
 
@@ -28,11 +30,13 @@ async fn a_route_subscribes_on_connect_and_grants_publishing_to_its_groups() {
     assert_eq!(routed.message().await, ("chat.lobby".into(), json!("hi")));
     assert_eq!(generic.message().await.1, json!("hi"));
 
-    // Publishing is granted on the route's group only; /ws clients get the namespace policy.
+    // The route narrows publishing to its room; /ws clients get the namespace policy.
     assert_eq!(routed.publish("chat.lobby", json!("from route")).await["type"], "reply");
     assert_eq!(generic.message().await.1, json!("from route"));
     assert_eq!(routed.publish("chat.other", json!(1)).await["code"], "forbidden");
-    assert_eq!(generic.publish("chat.lobby", json!(1)).await["code"], "forbidden");
+    assert_eq!(generic.publish("chat.other", json!(1)).await["type"], "reply");
+    // ... and never widens it: publishing where the namespace does not allow it is refused.
+    assert_eq!(routed.publish("announcements", json!(1)).await["code"], "forbidden");
 
     // A path value that makes an invalid group is refused at the handshake.
     let refused = Client::open(&node.ws_url("/ws/chat/no%20spaces"), &[]).await;

@@ -32,14 +32,18 @@ fn sh(script: &str) -> Option<Vec<String>> {
     Some(vec!["sh".into(), "-c".into(), script.into()])
 }
 
-/// An HTTP server for the `http` source: `/ok` JSON, `/fail` 500, `/junk` plain text.
+/// An HTTP server for the `http` source: `/ok` JSON, `/fail` 500, `/junk` plain text,
+/// `/here` a redirect to `/ok`, `/away` a redirect to `/ok` on another host name.
 async fn data_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let away = format!("http://localhost:{}/ok", addr.port());
     let app = Router::new()
         .route("/ok", get(|| async { axum::Json(json!({"from": "http"})) }))
         .route("/fail", get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }))
-        .route("/junk", get(|| async { "not json" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+        .route("/junk", get(|| async { "not json" }))
+        .route("/here", get(|| async { axum::response::Redirect::temporary("/ok") }))
+        .route("/away", get(move || async move { axum::response::Redirect::temporary(&away) }));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{addr}")
 }
@@ -206,6 +210,55 @@ async fn on_change_only_publishes_changes_once_even_across_a_leader_change() {
     assert_eq!(third.count("state", published), 1);
     third.stop().await;
     client.assert_no_message().await;
+}
+
+#[tokio::test]
+async fn a_publish_left_unconfirmed_by_a_dead_leader_is_not_taken_for_the_current_data() {
+    let redis = Redis::start().await;
+    let node = Node::ready(config(Some(&redis), "gw")).await;
+    let mut client = node.client().await;
+    client.subscribe("jobs.state").await;
+    // What a leader leaves when it dies between publishing {"v":2} and recording it.
+    let _: String = redis.query(&["SET", "herald:job:state:last", r#"pending:{"v":2}"#]).await;
+    let job = JobConfig { static_data: Some(json!({"v": 2})), on_change_only: true, ..job("state", "100ms") };
+    let scheduler = InProcessScheduler::start(&scheduler_config(&redis, vec![job]));
+    assert_eq!(client.message().await.1, json!({"v": 2}), "published again: a repeat, not a skip");
+    eventually("then unchanged", || async { scheduler.count("state", skipped) >= 2 }).await;
+    scheduler.stop().await;
+    let recorded: String = redis.query(&["GET", "herald:job:state:last"]).await;
+    assert_eq!(recorded, r#"published:{"v":2}"#);
+    client.assert_no_message().await;
+}
+
+#[tokio::test]
+async fn http_sources_follow_redirects_only_when_asked_and_only_to_the_same_host() {
+    let redis = Redis::start().await;
+    let server = data_server().await;
+    let node = Node::ready(config(Some(&redis), "gw")).await;
+    let mut client = node.client().await;
+    client.subscribe("jobs.followed").await;
+    let source = |path: &str, follow_redirects: bool| {
+        Some(HttpSourceConfig {
+            url: format!("{server}{path}"),
+            follow_redirects,
+            ..HttpSourceConfig::default()
+        })
+    };
+    let scheduler = InProcessScheduler::start(&scheduler_config(
+        &redis,
+        vec![
+            JobConfig { http: source("/here", false), ..job("unfollowed", "200ms") },
+            JobConfig { http: source("/here", true), ..job("followed", "200ms") },
+            JobConfig { http: source("/away", true), ..job("elsewhere", "200ms") },
+        ],
+    ));
+    assert_eq!(client.message().await, ("jobs.followed".into(), json!({"from": "http"})));
+    eventually("the others fail", || async {
+        scheduler.count("unfollowed", failures) >= 2 && scheduler.count("elsewhere", failures) >= 2
+    })
+    .await;
+    assert_eq!(scheduler.count("unfollowed", published) + scheduler.count("elsewhere", published), 0);
+    scheduler.stop().await;
 }
 
 #[tokio::test]

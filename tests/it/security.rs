@@ -8,15 +8,15 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Client, Node, WAIT, config};
+use crate::harness::{Client, Node, WAIT, config, metric};
 
-const SECRET: &str = "integration-test-secret-32-bytes!";
+pub(crate) const SECRET: &str = "integration-test-secret-32-bytes!";
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-fn token(claims: Value) -> String {
+pub(crate) fn token(claims: Value) -> String {
     jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
 }
 
@@ -24,7 +24,7 @@ fn valid(sub: &str) -> String {
     token(json!({"sub": sub, "exp": now() + 600}))
 }
 
-fn auth_config(mode: AuthMode) -> Config {
+pub(crate) fn auth_config(mode: AuthMode) -> Config {
     let mut config = config(None, "solo");
     config.auth = Some(mode);
     config.auth_hmac_secret = Some(SECRET.into());
@@ -274,5 +274,36 @@ async fn a_client_that_never_answers_pings_is_closed_with_4000() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(silent.close_code().await, 4000);
+    assert_unaffected(&node, &mut live).await;
+}
+
+#[tokio::test]
+async fn a_client_that_asks_for_much_and_never_reads_is_closed_once_writes_stall() {
+    let mut config = config(None, "solo");
+    config.write_timeout = Duration::from_secs(1);
+    config.max_frame_bytes = 64 * 1024;
+    config
+        .namespaces
+        .insert("feed".into(), NamespaceConfig { history_size: 400, ..NamespaceConfig::default() });
+    let node = Node::ready(config).await;
+    let mut live = bystander(&node, None).await;
+    let pad = "x".repeat(30_000);
+    for n in 0..300 {
+        assert_eq!(node.publish("feed.big", json!({"n": n, "pad": pad})).await.0, 200);
+    }
+    let epoch = node.get("/api/history?group=feed.big&limit=1").await.1["epoch"].clone();
+    // 9 MB of recovery, asked for by a client that never reads and keeps sending requests.
+    let mut hoarder = Client::open(&node.ws_url("/ws"), &[]).await.unwrap();
+    let since = json!({"offset": 0, "epoch": epoch});
+    hoarder.send_text(json!({"type": "subscribe", "group": "feed.big", "since": since}).to_string()).await;
+    for _ in 0..20 {
+        hoarder.send_text(json!({"type": "ping"}).to_string()).await;
+    }
+    crate::harness::eventually("the hoarder is closed as a slow consumer", || async {
+        let text = node.metrics().await;
+        metric(&text, r#"herald_closes_total{code="4008"}"#) == Some(1.0)
+            && metric(&text, "herald_connections") == Some(1.0)
+    })
+    .await;
     assert_unaffected(&node, &mut live).await;
 }

@@ -12,7 +12,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::group::GroupName;
-use crate::redis::{Unavailable, invoke};
+use crate::protocol::ClientInfo;
+use crate::redis::{Unavailable, invoke, invoke_all};
+
+/// Groups whose presence one heartbeat pipeline refreshes.
+const PIPELINE_GROUPS: usize = 256;
 
 /// Shared script prelude: `now` in ms by Redis's clock, and `chunked`, which runs a bulk
 /// command 1000 items at a time (Lua's `unpack` is limited by its stack).
@@ -89,6 +93,18 @@ impl Directory {
         entries: impl IntoIterator<Item = (&'e str, &'e T)>,
         ttl: Duration,
     ) -> Result<(), Unavailable> {
+        match self.setting(entries, ttl) {
+            Some(call) => invoke::<i64>(pool, &call).await.map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// The script call that adds or refreshes `entries`; `None` when there are none.
+    fn setting<'e, T: Serialize + 'e>(
+        &self,
+        entries: impl IntoIterator<Item = (&'e str, &'e T)>,
+        ttl: Duration,
+    ) -> Option<::redis::ScriptInvocation<'static>> {
         let mut call = SET.key(&self.set);
         call.key(&self.info).arg(ttl.as_millis().max(1) as u64);
         let mut any = false;
@@ -96,10 +112,25 @@ impl Directory {
             call.arg(id).arg(serde_json::to_string(description).expect("descriptions serialize"));
             any = true;
         }
-        if !any {
-            return Ok(());
-        }
-        invoke::<i64>(pool, &call).await.map(drop)
+        any.then_some(call)
+    }
+
+    /// Refreshes the presence entries of many groups, one pipeline per chunk of groups, the
+    /// chunks in flight together.
+    pub(super) async fn refresh_presence(
+        pool: &Pool,
+        prefix: &str,
+        groups: &[(GroupName, Vec<ClientInfo>)],
+        ttl: Duration,
+    ) -> Result<(), Unavailable> {
+        let calls: Vec<_> = groups
+            .iter()
+            .filter_map(|(group, clients)| {
+                Self::presence(prefix, group).setting(clients.iter().map(|c| (c.client.as_str(), c)), ttl)
+            })
+            .collect();
+        let pipelines = calls.chunks(PIPELINE_GROUPS).map(|chunk| invoke_all(pool, &SET, chunk));
+        futures_util::future::try_join_all(pipelines).await.map(drop)
     }
 
     pub(super) async fn remove(&self, pool: &Pool, id: &str) -> Result<(), Unavailable> {

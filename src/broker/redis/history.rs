@@ -1,34 +1,38 @@
-//! Group history in Redis: a hash `<p>:history:{<group>}:meta` (`epoch`, `offset`) and a stream
-//! `<p>:history:{<group>}:stream` whose entry ids are `0-<offset>`, so reading "after offset N"
-//! is one `XRANGE (0-N +`. The braces are a Redis Cluster hash tag: a group's keys stay on one
-//! shard. Appending and publishing is one script, so every frame in the stream was published
-//! exactly once, in offset order.
+//! Group history in Redis: a hash `<p>:history:{<group>}:meta` (`epoch`, `started`, `offset`) and
+//! a stream `<p>:history:{<group>}:stream` whose entry ids are `0-<offset>`, so reading "after
+//! offset N" is one `XRANGE (0-N +`. The braces are a Redis Cluster hash tag: a group's keys stay
+//! on one shard. Appending and publishing is one script, so every frame in the stream was
+//! published exactly once, in offset order. Reads create nothing: a group's keys appear with its
+//! first publish.
 
 use std::sync::LazyLock;
 
 use axum::extract::ws::Utf8Bytes;
 use deadpool_redis::Pool;
 
-use crate::broker::{BrokerError, HistoryPolicy, HistorySlice, Position, new_epoch};
+use crate::broker::history::{HistoryState, Page};
+use crate::broker::{BrokerError, HistoryPolicy, new_epoch};
 use crate::group::GroupName;
 use crate::protocol::MessageParts;
 use crate::redis::{Unavailable, invoke};
 
+/// Redis's clock in ms, as `now`.
+const NOW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// KEYS: meta, stream. ARGV: epoch candidate, ttl ms, channel, head, middle, tail, size, stamp.
 /// Starts an epoch when the group has none (first publish, expired, or Redis lost its data).
-const START_EPOCH: &str = r"
+static APPEND: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(&format!(
+        r"{NOW}
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'started', now, 'offset', 0)
 end
-";
-
-/// KEYS: meta, stream. ARGV: epoch candidate, ttl ms, channel, head, middle, tail, size, stamp.
-static APPEND: LazyLock<::redis::Script> = LazyLock::new(|| {
-    ::redis::Script::new(&format!(
-        r"{START_EPOCH}
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local frame = ARGV[4] .. offset .. ARGV[5] .. epoch .. ARGV[6]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. offset, 'f', frame)
@@ -39,30 +43,50 @@ return offset"
     ))
 });
 
-/// KEYS: meta, stream. ARGV: epoch candidate, ttl ms, since, limit.
-/// Returns epoch, offset, first retained offset, then offset/frame pairs.
-static READ: LazyLock<::redis::Script> = LazyLock::new(|| {
+/// KEYS: meta, stream. Returns epoch ('' when none), started, top, first retained, now, life
+/// (`LASTSAVE`, which changes when Redis restarts; '' where the ACL does not allow it).
+static STATE: LazyLock<::redis::Script> = LazyLock::new(|| {
     ::redis::Script::new(&format!(
-        r"{START_EPOCH}
-local out = {{epoch, redis.call('HGET', KEYS[1], 'offset'), '0'}}
-local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-if #first > 0 then out[3] = string.sub(first[1][1], 3) end
-if tonumber(ARGV[4]) > 0 then
-  for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[3], '+', 'COUNT', ARGV[4])) do
+        r"{NOW}
+local life = redis.pcall('LASTSAVE')
+if type(life) ~= 'number' then life = '' end
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'started', 'offset')
+local first = 0
+if meta[1] then
+  local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #oldest > 0 then first = tonumber(string.sub(oldest[1][1], 3)) end
+end
+return {{meta[1] or '', tonumber(meta[2] or 0), tonumber(meta[3] or 0), first, now, tostring(life)}}"
+    ))
+});
+
+/// KEYS: meta, stream. ARGV: epoch, after, limit, max bytes. Nil when the epoch is no longer the
+/// group's; else offset/frame pairs after `after`, stopping at `limit` entries or once `max
+/// bytes` were taken (at least one entry when any is there).
+static READ: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(
+        r"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return false end
+local out = {}
+local from = '(0-' .. ARGV[2]
+local left, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
+while left > 0 and budget > 0 do
+  local batch = redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', math.min(left, 64))
+  if #batch == 0 then break end
+  for _, entry in ipairs(batch) do
     table.insert(out, string.sub(entry[1], 3))
     table.insert(out, entry[2][2])
+    left, budget = left - 1, budget - #entry[2][2]
+    from = '(' .. entry[1]
+    if left == 0 or budget <= 0 then break end
   end
 end
-return out"
-    ))
+return out",
+    )
 });
 
 fn keys(prefix: &str, group: &GroupName) -> (String, String) {
     (format!("{prefix}:history:{{{group}}}:meta"), format!("{prefix}:history:{{{group}}}:stream"))
-}
-
-fn ttl_ms(policy: HistoryPolicy) -> u64 {
-    policy.ttl.as_millis().max(1) as u64
 }
 
 /// Appends a message to the group's history and publishes it on `channel`, atomically.
@@ -78,7 +102,7 @@ pub(super) async fn append(
     let mut call = APPEND.key(meta);
     call.key(stream)
         .arg(new_epoch())
-        .arg(ttl_ms(policy))
+        .arg(policy.ttl.as_millis().max(1) as u64)
         .arg(channel)
         .arg(&parts.head)
         .arg(parts.middle)
@@ -88,30 +112,39 @@ pub(super) async fn append(
     invoke(pool, &call).await
 }
 
-/// Reads up to `limit` retained messages after `since` (none for 0), with the group's position.
+/// Where the group's history stands.
+pub(super) async fn state(pool: &Pool, prefix: &str, group: &GroupName) -> Result<HistoryState, BrokerError> {
+    let (meta, stream) = keys(prefix, group);
+    let mut call = STATE.key(meta);
+    call.key(stream);
+    let (epoch, started, top, first, now_ms, life): (String, u64, u64, u64, u64, String) =
+        invoke(pool, &call).await?;
+    let epoch = (!epoch.is_empty()).then_some((epoch, started));
+    Ok(HistoryState { epoch, top, first, now_ms, life })
+}
+
+/// Up to `limit` messages of `epoch` after `after`, about `max_bytes` at most; `None` when the
+/// group's history is no longer that epoch.
 pub(super) async fn read(
     pool: &Pool,
     prefix: &str,
     group: &GroupName,
-    since: u64,
+    epoch: &str,
+    after: u64,
     limit: usize,
-    policy: HistoryPolicy,
-) -> Result<HistorySlice, BrokerError> {
+    max_bytes: usize,
+) -> Result<Option<Page>, BrokerError> {
     let (meta, stream) = keys(prefix, group);
     let mut call = READ.key(meta);
-    call.key(stream).arg(new_epoch()).arg(ttl_ms(policy)).arg(since).arg(limit);
-    let reply: Vec<String> = invoke(pool, &call).await?;
-    parse(reply).ok_or_else(|| BrokerError::Unavailable("unexpected history reply from redis".into()))
-}
-
-fn parse(reply: Vec<String>) -> Option<HistorySlice> {
+    call.key(stream).arg(epoch).arg(after).arg(limit).arg(max_bytes);
+    let Some(reply): Option<Vec<String>> = invoke(pool, &call).await? else { return Ok(None) };
+    let mut page = Vec::with_capacity(reply.len() / 2);
     let mut fields = reply.into_iter();
-    let epoch = fields.next()?;
-    let offset = fields.next()?.parse().ok()?;
-    let first = fields.next()?.parse().ok()?;
-    let mut messages = Vec::new();
-    while let Some(entry) = fields.next() {
-        messages.push((entry.parse().ok()?, Utf8Bytes::from(fields.next()?)));
+    while let (Some(offset), Some(frame)) = (fields.next(), fields.next()) {
+        let offset = offset
+            .parse()
+            .map_err(|_| BrokerError::Unavailable("unexpected history reply from redis".into()))?;
+        page.push((offset, Utf8Bytes::from(frame)));
     }
-    Some(HistorySlice { position: Position { offset, epoch }, first, messages })
+    Ok(Some(page))
 }

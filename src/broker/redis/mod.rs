@@ -21,8 +21,8 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Answer, Broker, Directory, History, HistoryPolicy, HistorySlice, NodeInfo, Presence, Publisher, Sink,
-    publish_plain,
+    Answer, Broker, Directory, History, HistoryPolicy, HistoryState, NodeInfo, Page, Presence, Publisher,
+    Sink, publish_plain,
 };
 use crate::config::ConfigError;
 use crate::group::GroupName;
@@ -128,14 +128,19 @@ impl Publisher for RedisStore {
 }
 
 impl History for RedisStore {
+    fn state<'a>(&'a self, group: &'a GroupName) -> Answer<'a, HistoryState> {
+        Box::pin(history::state(&self.pool, &self.prefix, group))
+    }
+
     fn read<'a>(
         &'a self,
         group: &'a GroupName,
-        since: u64,
+        epoch: &'a str,
+        after: u64,
         limit: usize,
-        policy: HistoryPolicy,
-    ) -> Answer<'a, HistorySlice> {
-        Box::pin(history::read(&self.pool, &self.prefix, group, since, limit, policy))
+        max_bytes: usize,
+    ) -> Answer<'a, Option<Page>> {
+        Box::pin(history::read(&self.pool, &self.prefix, group, epoch, after, limit, max_bytes))
     }
 }
 
@@ -145,6 +150,10 @@ impl Presence for RedisStore {
             let entries = clients.iter().map(|c| (c.client.as_str(), c));
             Ok(Keys::presence(&self.prefix, group).set(&self.pool, entries, ttl).await?)
         })
+    }
+
+    fn refresh<'a>(&'a self, groups: &'a [(GroupName, Vec<ClientInfo>)], ttl: Duration) -> Answer<'a, ()> {
+        Box::pin(async move { Ok(Keys::refresh_presence(&self.pool, &self.prefix, groups, ttl).await?) })
     }
 
     fn remove<'a>(&'a self, group: &'a GroupName, client: &'a str) -> Answer<'a, ()> {

@@ -113,9 +113,10 @@ impl Task {
             };
             match connected {
                 Ok(Ok(pubsub)) => {
-                    if std::mem::replace(&mut connected_before, true) {
+                    if connected_before {
                         self.metrics.redis_reconnects.inc();
                     }
+                    connected_before = true;
                     let (sink, stream) = pubsub.split();
                     let outcome = self.serve(sink, stream, &shutdown, &mut backoff).await;
                     self.ready.store(false, Ordering::Release);
@@ -152,8 +153,8 @@ impl Task {
         }
     }
 
-    /// Runs one connection: resubscribe everything, then deliver messages and apply commands.
-    /// `Ok` means shutdown, `Err` a lost connection.
+    /// Runs one connection: resubscribe everything, tell the sink which subscriptions lapsed,
+    /// then deliver messages and apply commands. `Ok` means shutdown, `Err` a lost connection.
     async fn serve(
         &mut self,
         mut sink: PubSubSink,
@@ -162,8 +163,16 @@ impl Task {
         backoff: &mut Backoff,
     ) -> Outcome {
         let mut active = HashSet::new();
+        // Groups confirmed on an earlier connection (no confirmation owed any more) had a gap;
+        // groups still waiting for their first confirmation had none.
+        let lapsed: Vec<GroupName> =
+            self.wanted.iter().filter(|(_, owed)| owed.is_none()).map(|(group, _)| group.clone()).collect();
         self.dirty.extend(self.wanted.keys().cloned());
         self.reconcile(&mut sink, &mut active).await?;
+        if !lapsed.is_empty() {
+            // Before the first message of this connection is delivered.
+            self.sink.resumed(&lapsed);
+        }
         self.ready.store(true, Ordering::Release);
         backoff.reset();
         tracing::info!(groups = active.len(), "redis pub/sub connected");

@@ -3,7 +3,10 @@
 //!
 //! Every `/api/` route requires `Authorization: Bearer <key>` when `api_keys` is set (keys
 //! compared in constant time, any of them valid so keys can be rotated); with no keys configured
-//! only loopback callers are served. Errors are JSON,
+//! only loopback callers are served. Browsers are kept out of it unless allowed: a request with
+//! an `Origin` that `allowed_origins` does not allow gets 403, and a body of a kind a page can
+//! send without a CORS preflight (`text/plain`, a form) gets 415, so a web page the operator
+//! opens cannot publish through a loopback gateway. Errors are JSON,
 //! `{"ok":false,"error":{"code":..,"message":..}}`, with the codes of the WebSocket protocol.
 
 mod publish;
@@ -63,10 +66,25 @@ async fn require_access(
     request: Request,
     next: Next,
 ) -> Response {
-    match authorize(&gateway.config.api_keys, request.headers(), peer) {
+    let checked = browser_check(&gateway, request.headers())
+        .and_then(|()| authorize(&gateway.config.api_keys, request.headers(), peer));
+    match checked {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     }
+}
+
+/// Refuses what a web page could send cross-site: a foreign `Origin`, or a body typed as a
+/// form or plain text. Bodies are JSON, sent with `Content-Type: application/json` or none.
+fn browser_check(gateway: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
+    gateway.admission.check_origin(headers)?;
+    let Some(content_type) = headers.get(header::CONTENT_TYPE) else { return Ok(()) };
+    let essence = content_type.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        return Ok(());
+    }
+    let message = format!("Content-Type {essence:?} is not accepted: send application/json");
+    Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::BadRequest, message))
 }
 
 /// 200 while the instance can serve: its broker is usable and it is not draining.

@@ -1,4 +1,7 @@
 //! `POST /api/publish` with `{"group":G,"data":X}` or `{"groups":[..],"data":X}`.
+//!
+//! Each group is published on its own: when some fail (Redis unreachable), the others are still
+//! published, and the answer (503) lists both, so the caller retries only what failed.
 
 use std::sync::Arc;
 
@@ -7,9 +10,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde_json::json;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 
 use crate::gateway::Gateway;
 use crate::gateway::error::ApiError;
@@ -28,7 +32,7 @@ struct PublishBody {
 pub(super) async fn publish(
     State(gateway): State<Arc<Gateway>>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -38,10 +42,25 @@ pub(super) async fn publish(
         _ => ApiError::bad_request(ErrorCode::BadRequest, e.body_text()),
     })?;
     let (groups, data) = parse_publish(&body)?;
+    let (mut published, mut failed) = (Vec::new(), Vec::new());
+    let mut last_error = None;
     for group in &groups {
-        gateway.publish(group, &data).await?;
+        match gateway.publish(group, &data).await {
+            Ok(()) => published.push(group),
+            Err(e) => {
+                failed.push(json!({"group": group, "code": ErrorCode::Unavailable}));
+                last_error = Some(e);
+            }
+        }
     }
-    Ok(Json(json!({"ok": true})))
+    let Some(e) = last_error else { return Ok(Json(json!({"ok": true})).into_response()) };
+    let body = json!({
+        "ok": false,
+        "error": {"code": ErrorCode::Unavailable, "message": e.to_string()},
+        "published": published,
+        "failed": failed,
+    });
+    Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
 }
 
 fn parse_publish(body: &[u8]) -> Result<(Vec<GroupName>, Box<RawValue>), ApiError> {

@@ -41,8 +41,12 @@ fn query_group<'a>(
     Ok((group, namespace, query))
 }
 
+/// Bytes of messages one history answer holds at most (at least one message).
+const HISTORY_BYTES: usize = 1024 * 1024;
+
 /// `GET /api/history?group=G&since=N&limit=L`: the retained messages after offset N (default
-/// 0: all), at most L (default and at most `history_size`), with the group's position.
+/// 0: all), at most L (default and at most `history_size`) and about 1 MiB, with the group's
+/// position; page on with `since` set to the last offset returned.
 pub(super) async fn history(
     State(gateway): State<Arc<Gateway>>,
     query: Result<Query<GroupQuery>, QueryRejection>,
@@ -51,13 +55,22 @@ pub(super) async fn history(
         query_group(&gateway, query, "history", |ns| HistoryPolicy::of(ns).is_some())?;
     let policy = HistoryPolicy::of(namespace).expect("checked by query_group");
     let limit = query.limit.unwrap_or(policy.size).min(policy.size);
-    let slice = gateway.hub.broker().history.read(&group, query.since.unwrap_or(0), limit, policy).await?;
+    let history = &gateway.hub.broker().history;
+    let state = history.state(&group).await?;
+    let position = state.position();
+    let page = match &state.epoch {
+        Some((epoch, _)) => {
+            let after = query.since.unwrap_or(0);
+            history.read(&group, epoch, after, limit, HISTORY_BYTES).await?.unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
     let messages: Vec<&RawValue> =
-        slice.messages.iter().filter_map(|(_, frame)| serde_json::from_str(frame.as_str()).ok()).collect();
+        page.iter().filter_map(|(_, frame)| serde_json::from_str(frame.as_str()).ok()).collect();
     Ok(Json(json!({
-        "offset": slice.position.offset,
-        "epoch": slice.position.epoch,
-        "first": slice.first,
+        "offset": position.offset,
+        "epoch": position.epoch,
+        "first": state.first,
         "messages": messages,
     })))
 }

@@ -24,7 +24,7 @@ use template::{RouteTemplate, path_params};
 pub(super) struct CompiledRoute {
     pub(super) path: String,
     subscribe: Vec<RouteTemplate>,
-    publish: Vec<RouteTemplate>,
+    publish: Option<Vec<RouteTemplate>>,
 }
 
 impl CompiledRoute {
@@ -60,7 +60,7 @@ impl CompiledRoute {
             compiled.push(Arc::new(Self {
                 path: route.path.clone(),
                 subscribe: parse("subscribe", &route.subscribe)?,
-                publish: parse("publish", &route.publish)?,
+                publish: route.publish.as_deref().map(|publish| parse("publish", publish)).transpose()?,
             }));
         }
         Ok(compiled)
@@ -72,7 +72,12 @@ impl CompiledRoute {
             |t: &RouteTemplate| t.fill(params).map_err(|e| format!("path gives an invalid group: {e}"));
         Ok(Grants {
             subscribe: self.subscribe.iter().map(fill).collect::<Result<_, _>>()?,
-            publish: self.publish.iter().map(fill).collect::<Result<_, _>>()?,
+            publish: self
+                .publish
+                .as_ref()
+                .map(|p| p.iter().map(fill).collect::<Result<_, _>>())
+                .transpose()?,
+            since: HashMap::new(),
         })
     }
 }
@@ -100,7 +105,7 @@ mod tests {
         RouteConfig {
             path: path.into(),
             subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
-            publish: vec![],
+            publish: None,
         }
     }
 

@@ -7,9 +7,7 @@
 //! way. An authenticated client is closed with 4001 when its token expires, unless it sent
 //! `{"type":"refresh","token":..}` with a newer token for the same user.
 //!
-//! Permissions: a token with a `groups` claim may subscribe only to groups matching one of its
-//! patterns; one with a `publish` claim may publish only to matching groups. Without the claim,
-//! the namespace decides (`client_publish`); a route's publish grants always apply.
+//! What an authenticated client may do is decided in `permissions`.
 
 use std::time::SystemTime;
 
@@ -21,7 +19,6 @@ use tokio::time::Instant;
 use super::Session;
 use crate::auth::AuthError;
 use crate::config::AuthMode;
-use crate::group::GroupName;
 use crate::protocol::{self, ErrorCode, Incoming, Request, RequestError};
 
 impl Session {
@@ -66,8 +63,9 @@ impl Session {
         Ok(())
     }
 
-    /// `auth` after connecting (optional mode): a bad token closes the connection.
-    pub(super) fn late_auth(&mut self, token: &str) -> Result<(), RequestError> {
+    /// `auth` after connecting (optional mode): a bad token closes the connection. Groups the
+    /// token does not allow are left (the client gets `unsubscribed`).
+    pub(super) async fn late_auth(&mut self, token: &str) -> Result<(), RequestError> {
         if self.gateway.config.auth_mode() != AuthMode::Optional || self.identity.is_some() {
             let message = "auth is only accepted once, as the first frame, or later from an anonymous client when auth is optional";
             return Err(RequestError::new(None, ErrorCode::BadRequest, message));
@@ -75,11 +73,14 @@ impl Session {
         self.accept_token(token).map_err(|e| {
             self.outbox.close(crate::protocol::close::UNAUTHORIZED);
             RequestError::new(None, ErrorCode::Forbidden, e.to_string())
-        })
+        })?;
+        self.leave_forbidden().await;
+        Ok(())
     }
 
-    /// `refresh`: a valid newer token for the same user extends the session.
-    pub(super) fn refresh(&mut self, token: &str) -> Result<(), RequestError> {
+    /// `refresh`: a valid newer token for the same user extends the session. Its claims
+    /// replace the old ones: groups they no longer allow are left (`unsubscribed`).
+    pub(super) async fn refresh(&mut self, token: &str) -> Result<(), RequestError> {
         let refused = |e: AuthError| RequestError::new(None, ErrorCode::Forbidden, e.to_string());
         let Some(current) = &self.identity else {
             return Err(RequestError::new(
@@ -95,30 +96,21 @@ impl Session {
         }
         self.info.info = fresh.info.clone();
         self.identity = Some(fresh);
+        self.leave_forbidden().await;
         Ok(())
     }
 
-    /// When the token stops being valid, on the runtime's clock.
+    /// When the token stops being valid, on the runtime's clock (at most a day ahead: the
+    /// deadline is looked at again when it passes).
     pub(super) fn token_expiry(&self) -> Option<Instant> {
         let expires_at = self.identity.as_ref()?.expires_at;
         let left = expires_at.duration_since(SystemTime::now()).unwrap_or_default();
-        Some(Instant::now() + left)
-    }
-
-    pub(super) fn may_subscribe(&self, group: &GroupName) -> bool {
-        self.identity.as_ref().and_then(|i| i.may_subscribe(group)).unwrap_or(true)
-    }
-
-    pub(super) fn may_publish(&self, group: &GroupName) -> bool {
-        if self.grants.publish.contains(group) {
-            return true;
-        }
-        match self.identity.as_ref().and_then(|i| i.may_publish(group)) {
-            Some(allowed) => allowed,
-            None => self.gateway.config.namespace(group.namespace()).client_publish,
-        }
+        Some(Instant::now() + left.min(EXPIRY_HORIZON))
     }
 }
+
+/// How far ahead a token's expiry is scheduled.
+const EXPIRY_HORIZON: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// The first text frame, skipping control frames; `None` if the client leaves first.
 async fn first_text(stream: &mut SplitStream<WebSocket>) -> Option<String> {

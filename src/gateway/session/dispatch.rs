@@ -14,8 +14,7 @@ impl Session {
         let decoded = protocol::decode(text);
         if !self.within_rate_limit() {
             let id = decoded.as_ref().map_or_else(|e| e.id, |i| i.id);
-            let e = RequestError::new(id, ErrorCode::RateLimited, "too many requests: slow down");
-            return self.send_error(&e).await;
+            return self.send_error(&rate_limited(id)).await;
         }
         let Incoming { id, request } = match decoded {
             Ok(incoming) => incoming,
@@ -35,8 +34,8 @@ impl Session {
             }
             Request::Publish { group, data } => self.publish(&group, &data).await.map(|()| None),
             Request::Presence { group } => self.presence(&group).await.map(Some),
-            Request::Auth { token } => self.late_auth(&token).map(|()| None),
-            Request::Refresh { token } => self.refresh(&token).map(|()| None),
+            Request::Auth { token } => self.late_auth(&token).await.map(|()| None),
+            Request::Refresh { token } => self.refresh(&token).await.map(|()| None),
             Request::Ping => Ok(None),
         };
         match answer {
@@ -66,39 +65,43 @@ impl Session {
     }
 
     async fn publish(&mut self, group: &GroupName, data: &RawValue) -> Result<(), RequestError> {
-        if !self.may_publish(group) {
-            let message = format!("this client may not publish to {group}");
-            return Err(RequestError::new(None, ErrorCode::Forbidden, message));
-        }
+        self.check_publish(group)?;
         self.gateway.publish(group, data).await.map_err(unavailable)
     }
 
     async fn presence(&self, group: &GroupName) -> Result<serde_json::Value, RequestError> {
-        if !self.gateway.config.namespace(group.namespace()).presence {
-            let message = format!("presence is off for namespace {:?}", group.namespace());
-            return Err(RequestError::new(None, ErrorCode::Forbidden, message));
-        }
-        if !self.may_subscribe(group) {
-            let message = format!("this client may not see {group}");
-            return Err(RequestError::new(None, ErrorCode::Forbidden, message));
-        }
+        self.check_presence(group)?;
         let clients = self.gateway.hub.broker().presence.list(group).await.map_err(unavailable)?;
         Ok(json!({ "clients": clients }))
     }
 
-    /// Subscribes to the groups the connection's route names; failures are reported as
-    /// `error` frames without an id and the connection stays open.
+    /// Subscribes to the groups the connection's route names, recovering those the URL gives a
+    /// `since` for; failures are reported as `error` frames without an id and the connection
+    /// stays open.
     pub(super) async fn join_route_groups(&mut self) {
+        let mut since = std::mem::take(&mut self.grants.since);
         for group in std::mem::take(&mut self.grants.subscribe) {
-            if let Err(e) = self.subscribe(Asked::Route, group, None).await {
+            let since = since.remove(&group);
+            if let Err(e) = self.subscribe(Asked::Route, group, since).await {
                 self.send_error(&e).await;
             }
         }
     }
 
-    pub(super) async fn refuse_binary(&self) {
-        let e =
-            RequestError::new(None, ErrorCode::BadRequest, "binary frames are not supported: send JSON text");
+    /// Binary frames count against the rate limit like any request, and are refused.
+    pub(super) async fn refuse_binary(&mut self) {
+        let e = match self.within_rate_limit() {
+            true => RequestError::new(
+                None,
+                ErrorCode::BadRequest,
+                "binary frames are not supported: send JSON text",
+            ),
+            false => rate_limited(None),
+        };
         self.send_error(&e).await;
     }
+}
+
+fn rate_limited(id: Option<u64>) -> RequestError {
+    RequestError::new(id, ErrorCode::RateLimited, "too many requests: slow down")
 }

@@ -1,19 +1,23 @@
 //! Joining and leaving groups: recovery from history, presence entries, join/leave events.
 //!
 //! Subscribing to a group with history goes through a [`Gate`]: the member joins with live
-//! frames held back, the session reads the group's history (after the subscription is
-//! confirmed, so nothing falls between the two), answers with the group's position, sends
-//! the missed messages when they can all be recovered, and then opens the gate, which drops
-//! live frames the history already delivered.
+//! frames held back, the session reads where the group's history stands (after the
+//! subscription is confirmed, so nothing falls between the two), answers with the position
+//! (and whether `since` is covered), then catches the member up: it sends the missed messages
+//! and opens the gate, which drops live frames the history already delivered.
+//!
+//! A `subscribe … since` for a group the client is in already (it joined through its route, say)
+//! recovers too, as long as that can keep the order: when nothing of the group was sent to it
+//! since it joined, or when it already has everything it was not sent.
 
 use std::sync::Arc;
 
 use serde_json::json;
 
 use super::Session;
-use crate::broker::{BrokerError, HistoryPolicy, Position};
+use crate::broker::{BrokerError, HistoryPolicy, Plan, Position};
 use crate::group::GroupName;
-use crate::hub::Gate;
+use crate::hub::{Catching, Gate, Pace, Reached, catch_up};
 use crate::protocol::{self, ErrorCode, RequestError, Since};
 
 /// Who asked for a subscription, and so whether a reply is owed and with which id.
@@ -21,7 +25,8 @@ use crate::protocol::{self, ErrorCode, RequestError, Since};
 pub(super) enum Asked {
     /// A `subscribe` request: it gets a reply.
     Client(Option<u64>),
-    /// The connection's route: nobody waits for a reply (errors are still sent).
+    /// The connection's route: nobody waits for a reply (errors are still sent, and a route
+    /// join with `since` is answered with a `recovered` frame).
     Route,
 }
 
@@ -39,8 +44,7 @@ pub(super) fn unavailable(e: BrokerError) -> RequestError {
 }
 
 impl Session {
-    /// Joins `group` and answers (a reply, then any recovered messages). Subscribing to a
-    /// group the session is in already just replies.
+    /// Joins `group` and answers (a reply, then any recovered messages).
     pub(super) async fn subscribe(
         &mut self,
         asked: Asked,
@@ -48,38 +52,43 @@ impl Session {
         since: Option<Since>,
     ) -> Result<(), RequestError> {
         let id = asked.id();
-        if self.groups.contains(&group) {
-            self.reply(asked, None).await;
-            return Ok(());
-        }
-        if !self.may_subscribe(&group) {
-            let message = format!("this client may not subscribe to {group}");
-            return Err(RequestError::new(id, ErrorCode::Forbidden, message));
-        }
         let gateway = self.gateway.clone();
-        if self.groups.len() >= gateway.config.max_groups_per_client {
-            let message =
-                format!("already in max_groups_per_client ({}) groups", gateway.config.max_groups_per_client);
-            return Err(RequestError::new(id, ErrorCode::Forbidden, message));
-        }
         let namespace = gateway.config.namespace(group.namespace());
         let history = HistoryPolicy::of(namespace);
         if since.is_some() && history.is_none() {
             let message = format!("{group} has no history: subscribe without since");
             return Err(RequestError::new(id, ErrorCode::BadRequest, message));
         }
-        let gate = history.map(|_| Arc::new(Gate::holding(gateway.config.outbound_queue)));
+        if let Some(gate) = self.groups.get(&group) {
+            return match (gate.clone(), history, since) {
+                (Some(gate), Some(policy), Some(since)) => {
+                    self.recover_member(asked, &group, gate, policy, since).await
+                }
+                _ => {
+                    self.reply(asked, None).await;
+                    Ok(())
+                }
+            };
+        }
+        self.check_subscribe(&group).map_err(|e| RequestError { id, ..e })?;
+        if self.groups.len() >= gateway.config.max_groups_per_client {
+            let message =
+                format!("already in max_groups_per_client ({}) groups", gateway.config.max_groups_per_client);
+            return Err(RequestError::new(id, ErrorCode::Forbidden, message));
+        }
+        let gate = history.map(|policy| (Arc::new(Gate::holding(gateway.config.outbound_queue)), policy));
         gateway.hub.join(&group, self.id, &self.outbox, gate.clone()).await.map_err(unavailable)?;
-        self.groups.insert(group.clone());
+        self.groups.insert(group.clone(), gate.as_ref().map(|(gate, _)| gate.clone()));
         gateway.metrics.subscriptions.inc();
-        match (history, gate) {
-            (Some(policy), Some(gate)) => {
-                if let Err(e) = self.recover(asked, &group, since, policy, &gate).await {
-                    self.unsubscribe(&group).await;
+        match gate {
+            Some((gate, policy)) => {
+                if let Err(e) = self.catch_up_joined(asked, &group, since, policy, gate).await {
+                    // Nobody was told of the join: leave as quietly.
+                    self.forget(&group);
                     return Err(e);
                 }
             }
-            _ => self.reply(asked, None).await,
+            None => self.reply(asked, None).await,
         }
         if namespace.presence {
             gateway.presence.add(&group, &self.info);
@@ -98,38 +107,88 @@ impl Session {
         Ok(())
     }
 
-    /// Answers with the group's position, sends what the client missed if all of it is still
-    /// there, and lets live frames through.
-    async fn recover(
+    /// Answers with the group's position (and whether `since` is covered), then sends what
+    /// the member missed and lets its live frames through.
+    async fn catch_up_joined(
         &self,
         asked: Asked,
         group: &GroupName,
         since: Option<Since>,
         policy: HistoryPolicy,
-        gate: &Gate,
+        gate: Arc<Gate>,
     ) -> Result<(), RequestError> {
-        // Without `since` only the position is needed.
-        let (after, limit) = since.as_ref().map_or((0, 0), |s| (s.offset, policy.size));
-        let broker = self.gateway.hub.broker();
-        let slice = broker
-            .history
-            .read(group, after, limit, policy)
-            .await
-            .map_err(|e| RequestError { id: asked.id(), ..unavailable(e) })?;
-        let Position { offset, epoch } = slice.position.clone();
-        let mut result = json!({ "offset": offset, "epoch": epoch });
-        let recovered = since.as_ref().is_some_and(|s| slice.covers(s.offset, &s.epoch));
-        if since.is_some() {
-            result["recovered"] = json!(recovered);
-        }
-        self.reply(asked, Some(&result)).await;
-        if recovered {
-            for (_, frame) in slice.messages {
-                self.send(frame).await;
+        let gateway = &self.gateway;
+        let history = &*gateway.hub.broker().history;
+        let state =
+            history.state(group).await.map_err(|e| RequestError { id: asked.id(), ..unavailable(e) })?;
+        let position = state.position();
+        let plan = since.as_ref().map(|since| state.plan(since, policy.ttl));
+        let recovered = plan.as_ref().map(|plan| matches!(plan, Plan::Recover { .. }));
+        self.answer_position(asked, group, &position, recovered).await;
+        let seen = match plan {
+            Some(Plan::Recover { after }) => Since { offset: after, epoch: position.epoch.clone() },
+            Some(Plan::Lost) => {
+                gateway.metrics.catch_up("lost");
+                Since { offset: position.offset, epoch: position.epoch.clone() }
+            }
+            None => Since { offset: position.offset, epoch: position.epoch.clone() },
+        };
+        let member = Catching { outbox: self.outbox.clone(), gate, seen };
+        catch_up(history, &gateway.metrics, group, policy, vec![member], Some(state), Pace::Wait).await;
+        Ok(())
+    }
+
+    /// `subscribe … since` for a group the client is in: what it lacks is what it missed
+    /// before it joined. Recovered in order only while nothing newer was sent to it.
+    async fn recover_member(
+        &self,
+        asked: Asked,
+        group: &GroupName,
+        gate: Arc<Gate>,
+        policy: HistoryPolicy,
+        since: Since,
+    ) -> Result<(), RequestError> {
+        match gate.reached() {
+            Some(Reached { last, joined }) if since.epoch == last.epoch && since.offset >= joined => {
+                // It has everything up to where it joined, and was sent the rest.
+                self.answer_position(asked, group, &last, Some(true)).await;
+                Ok(())
+            }
+            Some(Reached { last, joined }) if last.offset == joined && gate.hold().is_some() => {
+                // Nothing sent since it joined: catch it up from `since`, as for a new member.
+                self.catch_up_joined(asked, group, Some(since), policy, gate).await
+            }
+            Some(Reached { last, .. }) => {
+                self.gateway.metrics.catch_up("lost");
+                self.answer_position(asked, group, &last, Some(false)).await;
+                Ok(())
+            }
+            None => {
+                // Being caught up after a gap right now: where it ends up is not known yet.
+                let state = self.gateway.hub.broker().history.state(group).await.map_err(unavailable)?;
+                self.gateway.metrics.catch_up("lost");
+                self.answer_position(asked, group, &state.position(), Some(false)).await;
+                Ok(())
             }
         }
-        gate.go_live(offset, &epoch, &self.outbox);
-        Ok(())
+    }
+
+    /// Tells the client where the group stands: in the reply to its `subscribe`, or for a
+    /// route join with `since`, in a `recovered` frame (a route join without one says nothing).
+    async fn answer_position(&self, asked: Asked, group: &GroupName, at: &Position, recovered: Option<bool>) {
+        match (asked, recovered) {
+            (Asked::Client(_), _) => {
+                let mut result = json!({ "offset": at.offset, "epoch": at.epoch });
+                if let Some(recovered) = recovered {
+                    result["recovered"] = json!(recovered);
+                }
+                self.reply(asked, Some(&result)).await;
+            }
+            (Asked::Route, Some(recovered)) => {
+                self.send(protocol::recovered(group, recovered, at.offset, &at.epoch)).await;
+            }
+            (Asked::Route, None) => {}
+        }
     }
 
     async fn reply(&self, asked: Asked, result: Option<&serde_json::Value>) {
@@ -140,15 +199,33 @@ impl Session {
 
     /// Leaves `group` if the session is in it.
     pub(super) async fn unsubscribe(&mut self, group: &GroupName) {
-        if self.groups.remove(group) {
+        if self.groups.remove(group).is_some() {
             self.leave(group).await;
         }
     }
 
     /// Leaves every joined group (the last member out unsubscribes the instance).
     pub(super) async fn leave_all(&mut self) {
-        for group in std::mem::take(&mut self.groups) {
+        for (group, _) in std::mem::take(&mut self.groups) {
             self.leave(&group).await;
+        }
+    }
+
+    /// Leaves groups the client may no longer be in (its identity changed), telling it so.
+    pub(super) async fn leave_forbidden(&mut self) {
+        let forbidden: Vec<GroupName> =
+            self.groups.keys().filter(|group| self.check_subscribe(group).is_err()).cloned().collect();
+        for group in forbidden {
+            self.unsubscribe(&group).await;
+            self.send(protocol::unsubscribed(&group, "forbidden")).await;
+        }
+    }
+
+    /// Leaves `group` without presence or a leave event: the join was never announced.
+    fn forget(&mut self, group: &GroupName) {
+        if self.groups.remove(group).is_some() {
+            self.gateway.hub.leave(group, self.id);
+            self.gateway.metrics.subscriptions.dec();
         }
     }
 

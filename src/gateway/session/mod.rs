@@ -9,9 +9,10 @@
 mod auth;
 mod dispatch;
 mod membership;
+mod permissions;
 mod writer;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,10 +31,10 @@ use super::Gateway;
 use super::admission::Admitted;
 use crate::auth::Identity;
 use crate::group::GroupName;
-use crate::hub::MemberId;
+use crate::hub::{Gate, MemberId};
 use crate::metrics;
 use crate::outbox::Outbox;
-use crate::protocol::{ClientInfo, close};
+use crate::protocol::{ClientInfo, Since, close};
 
 /// Read buffer per connection; tungstenite grows it for larger frames.
 const READ_BUFFER: usize = 512;
@@ -42,13 +43,16 @@ const WRITE_BUFFER: usize = 8 * 1024;
 /// How long to wait for the client's close frame after sending ours.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// What a connection may do beyond the namespace policy, from the route it connected to.
+/// What the route a client connected to does for it: groups it joins on connect, and the
+/// groups it may publish to (a narrowing of what its identity allows; `None`: no narrowing).
 #[derive(Debug, Default)]
 pub(super) struct Grants {
     /// Groups the client is subscribed to on connect.
     pub(super) subscribe: Vec<GroupName>,
-    /// Groups the client may publish to whatever their namespace says.
-    pub(super) publish: HashSet<GroupName>,
+    /// Where the client left off in those groups (`?since=` on the URL), to recover from.
+    pub(super) since: HashMap<GroupName, Since>,
+    /// The only groups the client may publish to, if the route limits it.
+    pub(super) publish: Option<HashSet<GroupName>>,
 }
 
 /// `GET /ws`: the generic endpoint, no grants beyond namespace policy.
@@ -87,8 +91,9 @@ pub(super) struct Session {
     info: ClientInfo,
     /// The verified token, if the client authenticated.
     identity: Option<Identity>,
-    /// Groups this session joined, so it can leave them all when it ends.
-    groups: HashSet<GroupName>,
+    /// Groups this session joined (with the member's gate where the group has history), so it
+    /// can recover in them and leave them all when it ends.
+    groups: HashMap<GroupName, Option<Arc<Gate>>>,
     grants: Grants,
     limiter: DefaultDirectRateLimiter,
     /// Requests refused by the rate limit in a row.
@@ -97,8 +102,9 @@ pub(super) struct Session {
     last_seen: Instant,
 }
 
-async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, grants: Grants) {
-    let Admitted { peer, token, slot: _slot } = admitted;
+async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, mut grants: Grants) {
+    let Admitted { peer, token, since, slot: _slot } = admitted;
+    grants.since = since;
     let config = &gateway.config;
     let (outbox, queue) = Outbox::new(config.outbound_queue, config.outbound_queue_bytes);
     let outbox = Arc::new(outbox);
@@ -106,7 +112,7 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, grant
     let client = format!("{}-{id}", gateway.node_id());
     let span = tracing::info_span!("session", %client, %peer);
     let (sink, mut stream) = socket.split();
-    let writer = writer::run(sink, queue, outbox.clone(), config.ping_interval);
+    let writer = writer::run(sink, queue, outbox.clone(), config.ping_interval, config.write_timeout);
     let writer = tokio::spawn(writer.instrument(span.clone()));
     let info =
         ClientInfo { client: client.clone(), user: None, node: gateway.node_id().to_string(), info: None };
@@ -117,7 +123,7 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, grant
         outbox,
         info,
         identity: None,
-        groups: HashSet::new(),
+        groups: HashMap::new(),
         grants,
         strikes: 0,
         last_seen: Instant::now(),

@@ -2,7 +2,9 @@
 //!
 //! Frames already queued are written together and flushed once (one syscall for a burst). A
 //! close request wins over a write in progress: a slow consumer is closed with 4008 at once
-//! (its queue dropped), even in the middle of a write the client is not reading.
+//! (its queue dropped), even in the middle of a write the client is not reading. A write that
+//! makes no progress for `write_timeout` (the client stopped reading and its socket buffers are
+//! full) ends the session as a slow consumer too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,12 +26,13 @@ const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 type Sink = SplitSink<WebSocket, Message>;
 
 /// Drains `queue` into `sink` and pings the client every `ping_interval`, until a close is
-/// asked for (then sends it) or the socket fails.
+/// asked for (then sends it), the socket fails, or a write stalls for `write_timeout`.
 pub(super) async fn run(
     mut sink: Sink,
     mut queue: mpsc::Receiver<Utf8Bytes>,
     outbox: Arc<Outbox>,
     ping_interval: Duration,
+    write_timeout: Duration,
 ) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     // Registered once: every frame wakes this loop, and re-arming the wait each time cost
@@ -49,7 +52,12 @@ pub(super) async fn run(
         let result = tokio::select! {
             biased;
             code = &mut closing => return send_close(&mut sink, code, &mut queue).await,
-            result = written => result,
+            result = tokio::time::timeout(write_timeout, written) => result,
+        };
+        let Ok(result) = result else {
+            tracing::debug!(?write_timeout, "write made no progress; closing");
+            outbox.close(close::SLOW_CONSUMER);
+            return send_close(&mut sink, close::SLOW_CONSUMER, &mut queue).await;
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "write failed");

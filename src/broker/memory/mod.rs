@@ -5,43 +5,42 @@
 //! History and presence live in maps with the same semantics as the Redis broker (offsets,
 //! epochs, trimming, expiry); presence needs no expiry, since a crash takes every entry with it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod logs;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::value::RawValue;
-use tokio::time::Instant;
 
 use super::{
-    Answer, Broker, Directory, History, HistoryPolicy, HistorySlice, NodeInfo, Position, Presence, Publisher,
-    Sink, Subscriber, Subscription, new_epoch, publish_plain,
+    Answer, Broker, Directory, History, HistoryPolicy, HistoryState, NodeInfo, Page, Presence, Publisher,
+    Sink, Subscriber, Subscription, publish_plain,
 };
 use crate::group::GroupName;
 use crate::lock;
 use crate::protocol::{ClientInfo, MessageParts};
+use logs::Logs;
 
 /// Every part of the broker contract, in this process's memory.
 pub(crate) struct MemoryBroker {
     sink: Arc<dyn Sink>,
-    histories: Mutex<HashMap<GroupName, Log>>,
+    logs: Mutex<Logs>,
     presence: Mutex<HashMap<GroupName, BTreeMap<String, ClientInfo>>>,
     /// The one node there is, once announced.
     node: Mutex<Option<NodeInfo>>,
 }
 
-/// One group's history: its epoch, newest offset, retained frames and expiry.
-struct Log {
-    epoch: String,
-    offset: u64,
-    messages: VecDeque<(u64, Utf8Bytes)>,
-    expires: Instant,
-}
-
 impl MemoryBroker {
     /// A broker whose every part is this one in-memory store.
     pub(crate) fn start(sink: Arc<dyn Sink>) -> Broker {
-        let broker = Arc::new(Self::new(sink));
+        let broker = Arc::new(Self {
+            sink,
+            logs: Mutex::new(Logs::new()),
+            presence: Mutex::default(),
+            node: Mutex::default(),
+        });
         Broker {
             publisher: broker.clone(),
             subscriber: broker.clone(),
@@ -50,31 +49,6 @@ impl MemoryBroker {
             directory: broker,
         }
     }
-
-    pub(crate) fn new(sink: Arc<dyn Sink>) -> Self {
-        Self { sink, histories: Mutex::default(), presence: Mutex::default(), node: Mutex::default() }
-    }
-}
-
-/// Groups tracked before expired histories are swept out.
-const SWEEP_ABOVE: usize = 1024;
-
-/// The group's history, started afresh (new epoch) if it has none or it expired.
-fn live<'a>(histories: &'a mut HashMap<GroupName, Log>, group: &GroupName, ttl: Duration) -> &'a mut Log {
-    let now = Instant::now();
-    if histories.len() >= SWEEP_ABOVE && !histories.contains_key(group) {
-        histories.retain(|_, h| h.expires > now);
-    }
-    let history = histories.entry(group.clone()).or_insert_with(|| Log {
-        epoch: new_epoch(),
-        offset: 0,
-        messages: VecDeque::new(),
-        expires: now + ttl,
-    });
-    if history.expires <= now {
-        *history = Log { epoch: new_epoch(), offset: 0, messages: VecDeque::new(), expires: now + ttl };
-    }
-    history
 }
 
 impl Publisher for MemoryBroker {
@@ -92,15 +66,8 @@ impl Publisher for MemoryBroker {
     ) -> Answer<'a, ()> {
         let Some(policy) = history else { return publish_plain(self, group, data) };
         let parts = MessageParts::new(group, data);
-        let mut histories = lock(&self.histories);
-        let history = live(&mut histories, group, policy.ttl);
-        history.offset += 1;
-        let frame = parts.finish(history.offset, &history.epoch);
-        history.messages.push_back((history.offset, frame.clone()));
-        while history.messages.len() > policy.size {
-            history.messages.pop_front();
-        }
-        history.expires = Instant::now() + policy.ttl;
+        let mut logs = lock(&self.logs);
+        let frame = logs.append(group, &parts, policy);
         // Delivered under the lock, so offsets reach members in order.
         self.sink.deliver(group.as_str(), frame);
         Box::pin(std::future::ready(Ok(())))
@@ -120,27 +87,19 @@ impl Subscriber for MemoryBroker {
 }
 
 impl History for MemoryBroker {
+    fn state<'a>(&'a self, group: &'a GroupName) -> Answer<'a, HistoryState> {
+        Box::pin(std::future::ready(Ok(lock(&self.logs).state(group))))
+    }
+
     fn read<'a>(
         &'a self,
         group: &'a GroupName,
-        since: u64,
+        epoch: &'a str,
+        after: u64,
         limit: usize,
-        policy: HistoryPolicy,
-    ) -> Answer<'a, HistorySlice> {
-        let mut histories = lock(&self.histories);
-        let history = live(&mut histories, group, policy.ttl);
-        let slice = HistorySlice {
-            position: Position { offset: history.offset, epoch: history.epoch.clone() },
-            first: history.messages.front().map_or(0, |(offset, _)| *offset),
-            messages: history
-                .messages
-                .iter()
-                .filter(|(offset, _)| *offset > since)
-                .take(limit)
-                .cloned()
-                .collect(),
-        };
-        Box::pin(std::future::ready(Ok(slice)))
+        max_bytes: usize,
+    ) -> Answer<'a, Option<Page>> {
+        Box::pin(std::future::ready(Ok(lock(&self.logs).read(group, epoch, after, limit, max_bytes))))
     }
 }
 
@@ -150,6 +109,15 @@ impl Presence for MemoryBroker {
         let entries = presence.entry(group.clone()).or_default();
         for client in clients {
             entries.insert(client.client.clone(), client.clone());
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn refresh<'a>(&'a self, groups: &'a [(GroupName, Vec<ClientInfo>)], _ttl: Duration) -> Answer<'a, ()> {
+        let mut presence = lock(&self.presence);
+        for (group, clients) in groups {
+            let entries = presence.entry(group.clone()).or_default();
+            entries.extend(clients.iter().map(|c| (c.client.clone(), c.clone())));
         }
         Box::pin(std::future::ready(Ok(())))
     }
