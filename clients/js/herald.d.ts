@@ -9,7 +9,8 @@ export type ErrorCode =
   | "rate_limited"
   | "unavailable"
   | "internal"
-  | "disconnected";
+  | "disconnected"
+  | "timeout";
 
 export declare const ErrorCodes: Readonly<Record<ErrorCode, string>>;
 
@@ -49,6 +50,8 @@ export interface HeraldClientOptions {
   minDelay?: number;
   /** Largest reconnect delay cap in ms (default 20000). */
   maxDelay?: number;
+  /** How long a request made while (re)connecting waits for the connection, in ms (default 10000). */
+  requestTimeout?: number;
 }
 
 export interface HeraldEventMap {
@@ -56,10 +59,13 @@ export interface HeraldEventMap {
   message: CustomEvent<MessageEvent>;
   join: CustomEvent<{ type: "join"; group: string; client: ClientInfo }>;
   leave: CustomEvent<{ type: "leave"; group: string; client: ClientInfo }>;
-  /** A resubscription could not recover what was missed: reload that group's state. */
+  /** Something missed in a group could not be recovered: reload that group's state. */
   recovered: CustomEvent<{ group: string; recovered: false }>;
+  /** The server took the client out of a group (its rights narrowed). */
+  unsubscribed: CustomEvent<{ group: string; reason: string }>;
   disconnect: CustomEvent<{ code: number; reason: string }>;
-  error: CustomEvent<{ group: string; error: HeraldError }>;
+  /** A remembered group could not be joined, or the route's groups refused one (`group` null). */
+  error: CustomEvent<{ group: string | null; error: HeraldError }>;
 }
 
 export declare class HeraldClient extends EventTarget {
@@ -71,6 +77,7 @@ export declare class HeraldClient extends EventTarget {
   readonly clientId: string | null;
   connect(): void;
   close(): void;
+  /** Remembers `group` at once; joins it when the connection opens and after every reconnect. */
   subscribe(group: string): Promise<SubscribeResult | undefined>;
   unsubscribe(group: string): Promise<void>;
   publish(group: string, data: unknown): Promise<void>;

@@ -7,9 +7,13 @@
 //   await herald.subscribe("chat.lobby");
 //   await herald.publish("chat.lobby", { text: "hi" });
 //
-// It reconnects by itself (full-jitter exponential backoff from 0.5 s to 20 s, reset after a
-// good connection) and resubscribes every group, with `since` for groups whose messages carry
-// offsets, so a client that comes back on another instance receives what it missed.
+// `subscribe` remembers the group at once: it is subscribed as soon as the connection opens, and
+// again after every reconnect. Other requests made while connecting or reconnecting wait for the
+// connection (at most `requestTimeout`). The client reconnects by itself (full-jitter exponential
+// backoff from 0.5 s to 20 s, reset after a good connection) and resubscribes every group, with
+// `since` for groups whose messages carry offsets, so a client that comes back on another
+// instance receives what it missed. Groups a route joins it to are recovered the same way, with
+// `?since=` on the URL.
 
 /** Error codes of the protocol, each with what a caller can do about it. */
 export const ErrorCodes = Object.freeze({
@@ -22,6 +26,7 @@ export const ErrorCodes = Object.freeze({
   unavailable: "the server cannot reach its broker: retry later",
   internal: "server error",
   disconnected: "the connection closed before the answer came",
+  timeout: "no connection within requestTimeout",
 });
 
 /** A refused request: `code` is one of {@link ErrorCodes}. */
@@ -43,18 +48,23 @@ export class HeraldClient extends EventTarget {
    * @param {string|(() => string|Promise<string>)} [options.token] JWT, or a function giving a fresh one.
    * @param {number} [options.minDelay=500] first reconnect delay cap, ms
    * @param {number} [options.maxDelay=20000] largest reconnect delay cap, ms
+   * @param {number} [options.requestTimeout=10000] how long a request waits for a connection, ms
    */
   constructor(url, options = {}) {
     super();
     this.url = url;
-    this.options = { minDelay: 500, maxDelay: 20000, ...options };
+    this.options = { minDelay: 500, maxDelay: 20000, requestTimeout: 10000, ...options };
     this.state = "closed";
     this.node = null;
     this.clientId = null;
     this._ws = null;
     this._nextId = 1;
-    this._pending = new Map();
-    this._groups = new Map(); // group -> { offset, epoch } (null when the group has no history)
+    this._pending = new Map(); // request id -> { resolve, reject }
+    this._waiting = new Set(); // requests waiting for the connection to open
+    // Groups asked for: group -> { position: {offset, epoch} | null, joined: [resolvers] }.
+    this._groups = new Map();
+    // Groups the route of the URL joins: group -> {offset, epoch}, for `?since=` on reconnect.
+    this._routed = new Map();
     this._attempt = 0;
     this._timer = null;
     this._stopped = true;
@@ -63,28 +73,43 @@ export class HeraldClient extends EventTarget {
   /** Opens the connection and keeps it open until {@link close}. */
   connect() {
     this._stopped = false;
-    this._open();
+    if (!this._ws) this._open();
   }
 
-  /** Closes for good: no reconnect. */
+  /** Closes for good: no reconnect; requests waiting for a connection fail. */
   close() {
     this._stopped = true;
     clearTimeout(this._timer);
     if (this._ws) this._ws.close(1000);
+    const closed = new HeraldError("disconnected", "closed");
+    for (const waiter of this._waiting) waiter.reject(closed);
+    this._waiting.clear();
+    for (const entry of this._groups.values()) for (const waiter of entry.joined.splice(0)) waiter.reject(closed);
     this._setState("closed");
   }
 
-  /** Joins `group`; resolves with the server's result (history position, if any). */
-  async subscribe(group) {
-    const result = await this._request({ type: "subscribe", group });
-    this._groups.set(group, result && "epoch" in result ? { offset: result.offset, epoch: result.epoch } : null);
-    return result;
+  /**
+   * Joins `group`, now or as soon as the connection opens, and after every reconnect; resolves
+   * with the server's answer to the first subscription (history position, if any).
+   */
+  subscribe(group) {
+    let entry = this._groups.get(group);
+    if (!entry) {
+      entry = { position: this._routed.get(group) || null, joined: [], joining: false };
+      this._groups.set(group, entry);
+      this._routed.delete(group);
+    }
+    const answer = new Promise((resolve, reject) => entry.joined.push({ resolve, reject }));
+    if (this.state === "open" && !entry.joining) this._join(group, entry);
+    return answer;
   }
 
   /** Leaves `group` (and stops resubscribing it). */
   async unsubscribe(group) {
+    const entry = this._groups.get(group);
     this._groups.delete(group);
-    return this._request({ type: "unsubscribe", group });
+    if (entry) for (const waiter of entry.joined) waiter.reject(new HeraldError("disconnected", "unsubscribed"));
+    if (this.state === "open") await this._request({ type: "unsubscribe", group });
   }
 
   /** Publishes `data` to `group`. */
@@ -104,10 +129,11 @@ export class HeraldClient extends EventTarget {
 
   async _open() {
     clearTimeout(this._timer);
-    this._setState("connecting");
-    let url = this.url;
+    this._setState(this._attempt ? "reconnecting" : "connecting");
+    const url = new URL(this.url, location.href);
     const token = typeof this.options.token === "function" ? await this.options.token() : this.options.token;
-    if (token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+    if (token) url.searchParams.set("token", token);
+    for (const [group, at] of this._routed) url.searchParams.append("since", `${group}:${at.offset}:${at.epoch}`);
     const ws = new WebSocket(url);
     this._ws = ws;
     ws.onmessage = (event) => this._frame(JSON.parse(event.data));
@@ -121,24 +147,36 @@ export class HeraldClient extends EventTarget {
         this.clientId = msg.client;
         this._attempt = 0;
         this._setState("open");
-        this._resubscribe();
+        for (const [group, entry] of this._groups) this._join(group, entry);
+        for (const waiter of this._waiting) waiter.resolve();
+        this._waiting.clear();
         break;
       case "reply":
       case "error": {
         const pending = this._pending.get(msg.id);
-        if (!pending) break;
+        if (!pending) {
+          if (msg.type === "error") this._emit("error", { group: null, error: new HeraldError(msg.code, msg.message) });
+          break;
+        }
         this._pending.delete(msg.id);
         if (msg.type === "reply") pending.resolve(msg.result);
         else pending.reject(new HeraldError(msg.code, msg.message));
         break;
       }
-      case "message": {
-        if ("offset" in msg && this._groups.has(msg.group)) {
-          this._groups.set(msg.group, { offset: msg.offset, epoch: msg.epoch });
-        }
+      case "message":
+        if ("offset" in msg) this._advance(msg.group, { offset: msg.offset, epoch: msg.epoch });
         this._emit("message", msg);
         break;
-      }
+      case "recovered":
+        // A group joined by the route, or a gap on the server: where the group now stands.
+        this._advance(msg.group, { offset: msg.offset, epoch: msg.epoch });
+        if (!msg.recovered) this._emit("recovered", { group: msg.group, recovered: false });
+        break;
+      case "unsubscribed":
+        this._groups.delete(msg.group);
+        this._routed.delete(msg.group);
+        this._emit("unsubscribed", { group: msg.group, reason: msg.reason });
+        break;
       case "join":
       case "leave":
         this._emit(msg.type, msg);
@@ -146,22 +184,33 @@ export class HeraldClient extends EventTarget {
     }
   }
 
-  /** After a reconnect: every group again, recovering where the group keeps history. */
-  async _resubscribe() {
-    for (const [group, position] of this._groups) {
-      const request = { type: "subscribe", group };
-      if (position) request.since = { offset: position.offset, epoch: position.epoch };
-      try {
-        const result = await this._request(request);
-        if (result && "epoch" in result) {
-          if (position && !result.recovered) this._emit("recovered", { group, recovered: false });
-          // When recovering, the missed messages follow the reply and advance the position
-          // themselves; otherwise the reply's position is where the group now stands.
-          if (!(position && result.recovered)) this._groups.set(group, { offset: result.offset, epoch: result.epoch });
-        }
-      } catch (error) {
-        this._emit("error", { group, error });
+  /** Records the last position seen in `group`. */
+  _advance(group, position) {
+    const entry = this._groups.get(group);
+    if (entry) entry.position = position;
+    else this._routed.set(group, position);
+  }
+
+  /** Subscribes to one remembered group, recovering from its position if it has one. */
+  async _join(group, entry) {
+    const request = { type: "subscribe", group };
+    const since = entry.position;
+    if (since) request.since = { offset: since.offset, epoch: since.epoch };
+    entry.joining = true;
+    try {
+      const result = await this._send(request).finally(() => (entry.joining = false));
+      if (result && "epoch" in result) {
+        if (since && !result.recovered) this._emit("recovered", { group, recovered: false });
+        // When recovering, the missed messages follow the reply and advance the position
+        // themselves; otherwise the reply's position is where the group now stands.
+        if (!(since && result.recovered)) entry.position = { offset: result.offset, epoch: result.epoch };
       }
+      for (const waiter of entry.joined.splice(0)) waiter.resolve(result);
+    } catch (error) {
+      if (error.code === "disconnected") return; // joined again after the reconnect
+      this._groups.delete(group);
+      for (const waiter of entry.joined.splice(0)) waiter.reject(error);
+      this._emit("error", { group, error });
     }
   }
 
@@ -172,7 +221,7 @@ export class HeraldClient extends EventTarget {
     this._pending.clear();
     this._emit("disconnect", { code: event.code, reason: event.reason });
     if (this._stopped || TERMINAL_CLOSES.has(event.code)) {
-      this._setState("closed");
+      this.close();
       return;
     }
     this._setState("reconnecting");
@@ -182,7 +231,34 @@ export class HeraldClient extends EventTarget {
     this._timer = setTimeout(() => this._open(), Math.random() * cap);
   }
 
-  _request(message) {
+  /** Sends `message` once the connection is open (waiting at most `requestTimeout`). */
+  async _request(message) {
+    if (this.state !== "open") await this._whenOpen();
+    return this._send(message);
+  }
+
+  _whenOpen() {
+    if (this._stopped) return Promise.reject(new HeraldError("disconnected", "not connected: call connect()"));
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      };
+      const timer = setTimeout(() => {
+        this._waiting.delete(waiter);
+        reject(new HeraldError("timeout"));
+      }, this.options.requestTimeout);
+      this._waiting.add(waiter);
+    });
+  }
+
+  _send(message) {
     if (!this._ws || this.state !== "open") return Promise.reject(new HeraldError("disconnected", "not connected"));
     const id = this._nextId++;
     this._ws.send(JSON.stringify({ ...message, id }));

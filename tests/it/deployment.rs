@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use serde_json::{Value, json};
 use serde_yaml_ng::Value as Yaml;
 
+use crate::browser::{Chromedriver, installed};
 use crate::harness::{Client, GatewayProcess, Process, Redis, eventually, free_port, http};
 
 fn repo_file(path: &str) -> String {
@@ -110,11 +111,6 @@ impl Nginx {
             .expect("nginx must be installed (apt-get install nginx)");
         Self { child, addr: format!("127.0.0.1:{port}").parse().unwrap(), dir }
     }
-}
-
-/// The first of `paths` that exists, else `name` for a `PATH` lookup.
-fn installed(paths: &[&'static str], name: &'static str) -> &'static str {
-    paths.iter().copied().find(|p| std::path::Path::new(p).exists()).unwrap_or(name)
 }
 
 impl Drop for Nginx {
@@ -234,60 +230,6 @@ async fn topology_history(topology: &Topology) -> Value {
     let (status, history) = http(topology.nginx.addr, "GET", "/api/history?group=chat.ops", &key, "").await;
     assert_eq!(status, 200, "{history}");
     history
-}
-
-/// chromedriver on a free port, stopped on drop.
-struct Chromedriver {
-    child: Child,
-    url: String,
-}
-
-impl Chromedriver {
-    async fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver must be installed (apt-get install chromium chromium-driver)");
-        let driver = Self { child, url: format!("http://127.0.0.1:{port}") };
-        eventually("chromedriver listens", || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-        })
-        .await;
-        driver
-    }
-
-    async fn browser(&self, profile: &std::path::Path) -> fantoccini::Client {
-        let args = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=420,900",
-        ];
-        let mut args: Vec<String> = args.map(String::from).to_vec();
-        args.push(format!("--user-data-dir={}", profile.display()));
-        let mut caps = serde_json::Map::new();
-        caps.insert("goog:chromeOptions".into(), json!({"binary": installed(&["/usr/bin/chromium", "/usr/bin/chromium-browser"], "chromium"), "args": args}));
-        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&self.url)
-            .await
-            .expect("a chromium session")
-    }
-}
-
-impl Drop for Chromedriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The demo page's view of one browser.

@@ -523,6 +523,11 @@ impl GatewayProcess {
     /// [`GatewayProcess::start`] with extra environment variables.
     pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_at(addr, toml, env).await
+    }
+
+    /// A gateway on `addr` (e.g. again where a killed one listened).
+    pub async fn start_at(addr: SocketAddr, toml: &str, env: &[(&str, &str)]) -> Self {
         let process = Process::spawn_with_env(&["gateway", "--listen", &addr.to_string()], toml, env);
         let mut ready = false;
         for _ in 0..300 {

@@ -2,12 +2,14 @@
 
 mod abuse;
 mod bad_input;
+mod browser;
 mod delivery;
 mod deployment;
 mod faults;
 mod harness;
 mod history;
 mod http_api;
+mod js_client;
 mod operations;
 mod permissions;
 mod presence;
