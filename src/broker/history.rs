@@ -4,14 +4,18 @@
 //! A group's history starts with its first publish (never on a read, so subscribing to any
 //! number of new names creates no state) and has an *epoch* naming that life of it; offsets count
 //! 1, 2, 3 … within the epoch. A group with no history yet still has a position to report: offset
-//! 0 of a *waiting epoch* `0-<ms>-<life>`, which records when it was read (the broker's clock)
-//! and which life of the broker's data it was read in (`life`: Redis's `LASTSAVE`, or a random
-//! id of the in-memory broker's process). Real epochs are 16 hex digits, so the two never clash.
+//! 0 of a *waiting epoch* `0-<ms>`, which records when it was read (the broker's clock). Real
+//! epochs are 16 hex digits, so the two never clash.
 //!
 //! A client at offset 0 of a waiting epoch read at `t` missed nothing if the history that exists
-//! now is the first one since `t`: the data has not been lost since (same `life`), and the current
-//! epoch started no later than `t + ttl` (an epoch that started after `t` and expired before now
-//! would have needed at least `ttl` of silence after its last publish).
+//! now is the first one since `t`:
+//! - the broker's data has not been lost since: its current life began (Redis's `LASTSAVE`, which
+//!   a restart without persistence resets, in whole seconds; the in-memory broker's process start)
+//!   a full second before `t`;
+//! - and the current epoch started no later than `t + ttl`: an epoch that started after `t` and
+//!   expired before now would have needed at least `ttl` of silence after its last publish.
+//!
+//! Where the broker cannot say when its life began, a waiting epoch never recovers.
 
 use std::time::Duration;
 
@@ -57,8 +61,8 @@ pub(crate) struct HistoryState {
     pub(crate) first: u64,
     /// The broker's clock at the read, ms.
     pub(crate) now_ms: u64,
-    /// Which life of the broker's data the read saw.
-    pub(crate) life: String,
+    /// When the broker's current data life began (ms, broker clock), if it can tell.
+    pub(crate) life_began_ms: Option<u64>,
 }
 
 /// What a client that left off at some position can be given.
@@ -76,12 +80,16 @@ impl HistoryState {
     pub(crate) fn position(&self) -> Position {
         match &self.epoch {
             Some((epoch, _)) => Position { offset: self.top, epoch: epoch.clone() },
-            None => Position { offset: 0, epoch: format!("0-{}-{}", self.now_ms, self.life) },
+            None => Position { offset: 0, epoch: format!("0-{}", self.now_ms) },
         }
     }
 
     /// Whether a client that has seen everything up to `since` can be brought up to date.
     pub(crate) fn plan(&self, since: &Since, ttl: Duration) -> Plan {
+        let here = self.position();
+        if since.offset == here.offset && since.epoch == here.epoch {
+            return Plan::Recover { after: since.offset };
+        }
         match &self.epoch {
             Some((epoch, _)) if *epoch == since.epoch => {
                 let covered = since.offset <= self.top
@@ -89,26 +97,31 @@ impl HistoryState {
                 if covered { Plan::Recover { after: since.offset } } else { Plan::Lost }
             }
             current => match waiting_epoch(since) {
-                Some((read_ms, life)) if !life.is_empty() && life == self.life => match current {
-                    None => Plan::Recover { after: 0 },
-                    Some((_, started_ms)) => {
-                        let first_since = *started_ms <= read_ms.saturating_add(ttl.as_millis() as u64);
-                        if first_since && self.first == 1 { Plan::Recover { after: 0 } } else { Plan::Lost }
+                Some(read_ms) if self.life_began_ms.is_some_and(|began| began + 1000 <= read_ms) => {
+                    match current {
+                        None => Plan::Recover { after: 0 },
+                        Some((_, started_ms)) => {
+                            let first_since = *started_ms <= read_ms.saturating_add(ttl.as_millis() as u64);
+                            if first_since && self.first == 1 {
+                                Plan::Recover { after: 0 }
+                            } else {
+                                Plan::Lost
+                            }
+                        }
                     }
-                },
+                }
                 _ => Plan::Lost,
             },
         }
     }
 }
 
-/// The read time and life of a waiting epoch, if `since` is offset 0 of one.
-fn waiting_epoch(since: &Since) -> Option<(u64, &str)> {
+/// The read time of a waiting epoch, if `since` is offset 0 of one.
+fn waiting_epoch(since: &Since) -> Option<u64> {
     if since.offset != 0 {
         return None;
     }
-    let (read_ms, life) = since.epoch.strip_prefix("0-")?.split_once('-')?;
-    Some((read_ms.parse().ok()?, life))
+    since.epoch.strip_prefix("0-")?.parse().ok()
 }
 
 /// Messages read from a group's history: `(offset, frame)`, oldest first.
@@ -179,7 +192,7 @@ mod tests {
             top,
             first,
             now_ms: 5_000_000,
-            life: "L".into(),
+            life_began_ms: Some(0),
         }
     }
 
@@ -196,17 +209,25 @@ mod tests {
 
     #[test]
     fn a_waiting_epoch_recovers_the_first_history_after_it() {
-        let none = HistoryState { epoch: None, top: 0, first: 0, now_ms: 1_000, life: "L".into() };
+        let none = HistoryState { epoch: None, top: 0, first: 0, now_ms: 10_000, life_began_ms: Some(0) };
         let waiting = none.position();
-        assert_eq!(waiting, Position { offset: 0, epoch: "0-1000-L".into() });
+        assert_eq!(waiting, Position { offset: 0, epoch: "0-10000".into() });
         let since = since(0, &waiting.epoch);
         assert_eq!(none.plan(&since, TTL), Plan::Recover { after: 0 }, "still nothing published");
-        assert_eq!(with_history(3, 1, 2_000).plan(&since, TTL), Plan::Recover { after: 0 });
-        assert_eq!(with_history(3, 2, 2_000).plan(&since, TTL), Plan::Lost, "offset 1 was trimmed");
-        let late = 1_000 + TTL.as_millis() as u64 + 1;
+        assert_eq!(with_history(3, 1, 12_000).plan(&since, TTL), Plan::Recover { after: 0 });
+        assert_eq!(with_history(3, 2, 12_000).plan(&since, TTL), Plan::Lost, "offset 1 was trimmed");
+        let late = 10_000 + TTL.as_millis() as u64 + 1;
         assert_eq!(with_history(3, 1, late).plan(&since, TTL), Plan::Lost, "an epoch may have come and gone");
-        let other_life = HistoryState { life: "M".into(), ..none.clone() };
-        assert_eq!(other_life.plan(&since, TTL), Plan::Lost, "the data was lost since");
+        for began in [Some(9_500), Some(11_000), None] {
+            let restarted = HistoryState { life_began_ms: began, now_ms: 20_000, ..none.clone() };
+            assert_eq!(
+                restarted.plan(&since, TTL),
+                Plan::Lost,
+                "the data may have been lost since: {began:?}"
+            );
+        }
         assert_eq!(none.plan(&self::since(1, &waiting.epoch), TTL), Plan::Lost);
+        let fresh = HistoryState { life_began_ms: None, ..none.clone() };
+        assert_eq!(fresh.plan(&since, TTL), Plan::Recover { after: 0 }, "where it stands is always covered");
     }
 }

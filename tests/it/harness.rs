@@ -539,7 +539,7 @@ impl GatewayProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(ready, "gateway process on {addr} did not become ready");
+        assert!(ready, "gateway process on {addr} did not become ready: {}", process.log());
         Self { process, addr }
     }
 

@@ -19,3 +19,4 @@ mod routes;
 mod scheduler;
 mod scheduler_ha;
 mod security;
+mod soak;

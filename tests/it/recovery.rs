@@ -173,6 +173,9 @@ async fn recovery_reads_only_what_is_missing_and_new_names_create_nothing_in_red
 async fn a_client_of_a_quiet_group_recovers_its_first_messages() {
     let redis = Redis::start().await;
     let node = feed_node(&redis, "gw-1").await;
+    // A position is trusted a full second after Redis started (LASTSAVE counts whole seconds):
+    // data lost by a restart in between would otherwise go unnoticed.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let mut client = node.client().await;
     let waiting = client.request(json!({"type": "subscribe", "group": "feed.quiet"})).await["result"].clone();
     assert_eq!(waiting["offset"], 0);
@@ -186,4 +189,20 @@ async fn a_client_of_a_quiet_group_recovers_its_first_messages() {
     for n in 1..=3 {
         assert_eq!(back.message().await.1, json!(n));
     }
+
+    // Redis lost its data since: the same kind of position is not trusted.
+    let mut redis = redis;
+    let mut quiet = node.client().await;
+    let waiting = quiet.request(json!({"type": "subscribe", "group": "feed.other"})).await["result"].clone();
+    redis.restart().await;
+    crate::harness::eventually("ready again", || async { node.get("/readyz").await.0 == 200 }).await;
+    let told = quiet.recv().await;
+    assert_eq!(
+        (told["type"].as_str(), told["recovered"].as_bool()),
+        (Some("recovered"), Some(false)),
+        "{told}"
+    );
+    let mut late = node.client().await;
+    let answer = late.request(json!({"type": "subscribe", "group": "feed.other", "since": waiting})).await;
+    assert_eq!(answer["result"]["recovered"], false, "{answer}");
 }

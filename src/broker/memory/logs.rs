@@ -21,8 +21,8 @@ pub(super) struct Logs {
     /// looks at the front few: expired ones are dropped, live ones go to the back. Expired
     /// histories thus leave as fast as new ones arrive, at O(1) cost per new group.
     sweep: VecDeque<GroupName>,
-    /// This process's life: waiting epochs of another process never recover here.
-    life: String,
+    /// When this process's histories began: waiting epochs of another process never recover.
+    life_began_ms: u64,
 }
 
 /// One group's history.
@@ -40,7 +40,7 @@ fn now_ms() -> u64 {
 
 impl Logs {
     pub(super) fn new() -> Self {
-        Self { by_group: HashMap::new(), sweep: VecDeque::new(), life: new_epoch() }
+        Self { by_group: HashMap::new(), sweep: VecDeque::new(), life_began_ms: now_ms() }
     }
 
     fn live(&self, group: &GroupName) -> Option<&Log> {
@@ -99,7 +99,7 @@ impl Logs {
             top: log.map_or(0, |log| log.offset),
             first: log.and_then(|log| log.messages.front()).map_or(0, |(offset, _)| *offset),
             now_ms: now_ms(),
-            life: self.life.clone(),
+            life_began_ms: Some(self.life_began_ms),
         }
     }
 

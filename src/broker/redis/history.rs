@@ -43,20 +43,21 @@ return offset"
     ))
 });
 
-/// KEYS: meta, stream. Returns epoch ('' when none), started, top, first retained, now, life
-/// (`LASTSAVE`, which changes when Redis restarts; '' where the ACL does not allow it).
+/// KEYS: meta, stream. Returns epoch ('' when none), started, top, first retained, now, and when
+/// Redis's data life began (`LASTSAVE`, which a restart resets, in ms; -1 where the ACL does not
+/// allow it).
 static STATE: LazyLock<::redis::Script> = LazyLock::new(|| {
     ::redis::Script::new(&format!(
         r"{NOW}
 local life = redis.pcall('LASTSAVE')
-if type(life) ~= 'number' then life = '' end
+if type(life) == 'number' then life = life * 1000 else life = -1 end
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'started', 'offset')
 local first = 0
 if meta[1] then
   local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
   if #oldest > 0 then first = tonumber(string.sub(oldest[1][1], 3)) end
 end
-return {{meta[1] or '', tonumber(meta[2] or 0), tonumber(meta[3] or 0), first, now, tostring(life)}}"
+return {{meta[1] or '', tonumber(meta[2] or 0), tonumber(meta[3] or 0), first, now, life}}"
     ))
 });
 
@@ -117,10 +118,10 @@ pub(super) async fn state(pool: &Pool, prefix: &str, group: &GroupName) -> Resul
     let (meta, stream) = keys(prefix, group);
     let mut call = STATE.key(meta);
     call.key(stream);
-    let (epoch, started, top, first, now_ms, life): (String, u64, u64, u64, u64, String) =
+    let (epoch, started, top, first, now_ms, life): (String, u64, u64, u64, u64, i64) =
         invoke(pool, &call).await?;
     let epoch = (!epoch.is_empty()).then_some((epoch, started));
-    Ok(HistoryState { epoch, top, first, now_ms, life })
+    Ok(HistoryState { epoch, top, first, now_ms, life_began_ms: u64::try_from(life).ok() })
 }
 
 /// Up to `limit` messages of `epoch` after `after`, about `max_bytes` at most; `None` when the
