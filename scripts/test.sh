@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. The integration tests run redis-server, nginx and headless
-# Chromium (with chromedriver) as real processes; what is missing is installed first from
-# Debian's packages (as root, or through sudo).
+# Runs the whole test suite. The integration tests run redis-server, nginx, headless Chromium
+# (with chromedriver) and Python with the real Django Channels packages as real processes; what
+# is missing is installed first: Debian's packages (as root, or through sudo), and a Python
+# virtualenv in target/test-venv with tests/channels/requirements.txt from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
   sudo=""
@@ -18,5 +20,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq "${missing[@]}"
 fi
+
+venv=target/test-venv
+requirements=tests/channels/requirements.txt
+if ! cmp -s "$requirements" "$venv/requirements.txt" 2>/dev/null; then
+  echo "creating $venv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$venv/requirements.txt"
+fi
+export TEST_VENV_PYTHON="$PWD/$venv/bin/python"
 
 cargo test "$@"

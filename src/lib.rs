@@ -35,6 +35,8 @@
 //! - [`auth`]: token verification and what a token permits.
 //! - [`gateway`]: the axum server, WebSocket sessions, HTTP API, demo page.
 //! - [`scheduler`]: jobs that publish on a schedule, leader election between replicas.
+//! - `channels`: the bridge from a Django Channels layer (channels_redis) to Herald groups, and
+//!   back; it runs in the scheduler's leader.
 //! - [`shutdown`]: signal handling, for `main` only.
 //!
 //! The public surface is what `main`, the load tool (`herald-bench`) and the integration tests
@@ -50,6 +52,7 @@
 
 pub mod auth;
 mod broker;
+mod channels;
 pub mod config;
 pub mod gateway;
 pub mod group;

@@ -12,6 +12,7 @@
 //! | `herald_drops_total{reason}` | counter | frames or requests dropped: `slow_consumer`, `rate_limited`, `publish_failed` |
 //! | `herald_closes_total{code}` | counter | connections closed by the server, by close code |
 //! | `herald_redis_reconnects_total` | counter | pub/sub reconnections after a lost connection |
+//! | `herald_channels_events_total{layer,outcome}` | counter | Channels bridge events: `bridged`, `bad_input` (not what channels_redis writes), `not_bridged`, `echo` (Herald's own egress), `failed` (Herald's broker refused it), and egress `egress` / `egress_failed` |
 //! | `herald_catch_ups_total{outcome}` | counter | members of history groups brought up to date after a `since` or a gap: `recovered`, or `lost` (told `recovered: false`) |
 //! | `herald_delivery_latency_seconds` | histogram | publish (at any instance) to fan-out here |
 //! | `herald_job_runs_total{job}` | counter | scheduler ticks run |
@@ -42,6 +43,12 @@ pub struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelsEvent {
+    pub layer: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Job {
     pub job: String,
 }
@@ -65,6 +72,7 @@ pub struct Metrics {
     pub closes: Family<Code, Counter>,
     pub redis_reconnects: Counter,
     pub catch_ups: Family<Outcome, Counter>,
+    pub channels_events: Family<ChannelsEvent, Counter>,
     pub delivery_latency: Histogram,
     pub job_runs: Family<Job, Counter>,
     pub job_published: Family<Job, Counter>,
@@ -85,6 +93,7 @@ impl Default for Metrics {
             closes: Family::default(),
             redis_reconnects: Counter::default(),
             catch_ups: Family::default(),
+            channels_events: Family::default(),
             // 50 µs .. ~1.6 s
             delivery_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             job_runs: Family::default(),
@@ -113,6 +122,11 @@ impl Default for Metrics {
             "catch_ups",
             "Members of history groups brought up to date, by outcome",
             m.catch_ups.clone(),
+        );
+        registry.register(
+            "channels_events",
+            "Events of the Channels bridge, by layer and outcome",
+            m.channels_events.clone(),
         );
         registry.register(
             "delivery_latency_seconds",
@@ -144,6 +158,11 @@ impl Metrics {
     /// be (`lost`).
     pub(crate) fn catch_up(&self, outcome: &'static str) {
         self.catch_ups.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// An event of the Channels bridge (`layer` = `core` or `pubsub`).
+    pub(crate) fn channels_event(&self, layer: &'static str, outcome: &'static str) {
+        self.channels_events.get_or_create(&ChannelsEvent { layer, outcome }).inc();
     }
 
     pub fn job(&self, family: &Family<Job, Counter>, job: &str) -> u64 {

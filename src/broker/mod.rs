@@ -124,7 +124,22 @@ pub(crate) trait Publisher: Send + Sync + 'static {
         data: &'a RawValue,
         history: Option<HistoryPolicy>,
     ) -> Answer<'a, ()>;
+
+    /// [`Publisher::publish`], unless a message with the same `id` was published to `group`
+    /// within the last [`ONCE_WINDOW`]: then nothing. Returns whether it published. The check and
+    /// the publish are one atomic step, so whoever retries a publish it may have made already (a
+    /// bridge leader taking over) repeats nothing.
+    fn publish_once<'a>(
+        &'a self,
+        group: &'a GroupName,
+        data: &'a RawValue,
+        history: Option<HistoryPolicy>,
+        id: &'a str,
+    ) -> Answer<'a, bool>;
 }
+
+/// How long [`Publisher::publish_once`] remembers an id.
+pub(crate) const ONCE_WINDOW: Duration = Duration::from_secs(60);
 
 /// A [`Publisher::publish`] without history: the frame is built once and broadcast.
 fn publish_plain<'a, P: Publisher + ?Sized>(
@@ -191,6 +206,9 @@ pub(crate) trait Directory: Send + Sync + 'static {
 
     /// Every instance announced within its TTL.
     fn nodes(&self) -> Answer<'_, Vec<NodeInfo>>;
+
+    /// Every group some instance of the deployment is subscribed to right now.
+    fn groups(&self) -> Answer<'_, Vec<GroupName>>;
 }
 
 /// One backend's implementation of every part of the contract, for one gateway instance.

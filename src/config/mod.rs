@@ -7,6 +7,7 @@
 //! expressions, PEM keys, route templates) stay raw here; the gateway and the scheduler each
 //! compile what they use once, at start, and their errors are [`ConfigError`]s naming the key.
 
+mod channels;
 mod jobs;
 mod modes;
 mod namespaces;
@@ -23,6 +24,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use channels::{ChannelsConfig, ChannelsLayer, SerializerFormat};
 pub use jobs::{HttpSourceConfig, JobConfig, SchedulerConfig};
 pub use modes::Mode;
 pub use namespaces::{MAX_HISTORY_SIZE, NamespaceConfig};
@@ -128,6 +130,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// Data the scheduler publishes on a schedule.
     pub jobs: Vec<JobConfig>,
+    /// The bridge from a Django Channels layer, when set.
+    pub channels: Option<ChannelsConfig>,
 }
 
 impl Default for Config {
@@ -163,6 +167,7 @@ impl Default for Config {
             routes: Vec::new(),
             scheduler: SchedulerConfig::default(),
             jobs: Vec::new(),
+            channels: None,
         }
     }
 }
@@ -237,6 +242,9 @@ impl Config {
             return Err(invalid("presence_ttl", "must be at least 1s"));
         }
         security::validate(self)?;
+        if let Some(bridge) = &self.channels {
+            channels::validate(bridge, self.redis_url.as_deref())?;
+        }
         jobs::validate(&self.jobs, &self.scheduler)
     }
 

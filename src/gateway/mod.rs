@@ -30,11 +30,13 @@ use tokio_util::task::TaskTracker;
 use crate::StartError;
 use crate::auth::Verifier;
 use crate::broker::{Broker, BrokerError, HistoryPolicy, NodeInfo};
+use crate::channels::{Egress, Layer};
 use crate::config::Config;
 use crate::group::GroupName;
 use crate::hub::{Hub, MemberId, Registry};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::protocol::ClientInfo;
 
 /// Shared state of one gateway instance.
 pub struct Gateway {
@@ -59,6 +61,8 @@ pub struct Gateway {
     verifier: Option<Verifier>,
     admission: admission::Admission,
     metrics: Arc<Metrics>,
+    /// Sends publishes to bridged groups into the Channels layer, when egress is on.
+    egress: Option<Egress>,
     /// The clock of every session's rate limiter, built once: building one probes the CPU,
     /// which per connection was a sixth of the gateway's cost of opening a session.
     clock: governor::clock::DefaultClock,
@@ -80,6 +84,7 @@ impl Gateway {
         let (registry, resumes) = Registry::new(metrics.clone());
         let broker = Broker::from_config(&config, registry.clone(), stopped.clone(), metrics.clone())?;
         let hub = Hub::new(registry, broker, resumes, metrics.clone());
+        let egress = Egress::of(Layer::compile(&config)?.as_ref(), &metrics);
         Ok(Arc::new(Self {
             config,
             hub,
@@ -94,6 +99,7 @@ impl Gateway {
             verifier,
             admission,
             metrics,
+            egress,
             clock: governor::clock::DefaultClock::default(),
             started_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         }))
@@ -147,13 +153,24 @@ impl Gateway {
     }
 
     /// Publishes `data` to `group` (with history where its namespace keeps one): one broker
-    /// operation, the frame encoded once.
-    pub(crate) async fn publish(&self, group: &GroupName, data: &RawValue) -> Result<(), BrokerError> {
+    /// operation, the frame encoded once. `by` is the client that published, if one did; with
+    /// Channels egress on, a bridged group's message goes into the layer too.
+    pub(crate) async fn publish(
+        &self,
+        group: &GroupName,
+        data: &RawValue,
+        by: Option<&ClientInfo>,
+    ) -> Result<(), BrokerError> {
         let history = HistoryPolicy::of(self.config.namespace(group.namespace()));
         let published = self.hub.broker().publisher.publish(group, data, history).await;
         match &published {
             Ok(()) => {
                 self.metrics.messages_in.inc();
+                if let Some(egress) = &self.egress {
+                    let (client, user) =
+                        by.map_or((None, None), |c| (Some(c.client.as_str()), c.user.as_deref()));
+                    egress.send(group, data, client, user).await;
+                }
             }
             Err(_) => self.metrics.dropped("publish_failed"),
         }

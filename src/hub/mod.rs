@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::broker::{Broker, BrokerError, HistoryPolicy, Publisher};
+use crate::broker::{Broker, BrokerError, HistoryPolicy};
 use crate::group::GroupName;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -59,11 +59,6 @@ impl Hub {
 
     pub(crate) fn broker(&self) -> &Broker {
         &self.broker
-    }
-
-    /// The broker's publishing half, for in-process publishers such as the scheduler.
-    pub(crate) fn publisher(&self) -> Arc<dyn Publisher> {
-        self.broker.publisher.clone()
     }
 
     pub(crate) fn registry(&self) -> &Registry {

@@ -27,7 +27,8 @@ pub use status::serve_status;
 
 use crate::StartError;
 use crate::broker::redis::RedisStore;
-use crate::broker::{HistoryPolicy, Publisher};
+use crate::broker::{Directory, HistoryPolicy, Publisher};
+use crate::channels::{Bridge, Egress, Layer};
 use crate::config::{Config, ConfigError};
 use crate::metrics::{self, Metrics};
 use crate::redis::pool;
@@ -49,6 +50,10 @@ pub struct Scheduler {
     lease_ttl: Duration,
     max_bytes: usize,
     http: HttpClients,
+    /// The Channels bridge, run while leading, when the config has a `[channels]` section.
+    bridge: Option<Arc<Bridge>>,
+    /// Sends job publishes to bridged groups into the Channels layer, when egress is on.
+    egress: Option<Egress>,
 }
 
 impl Scheduler {
@@ -57,9 +62,9 @@ impl Scheduler {
     pub fn on_redis(config: &Config, metrics: Arc<Metrics>) -> Result<Self, StartError> {
         let url = config.redis_url.as_deref().ok_or_else(|| ConfigError::new("redis_url", "is required"))?;
         let pool = pool(url)?;
-        let publisher = Arc::new(RedisStore::new(pool.clone(), &config.redis_prefix));
+        let store = Arc::new(RedisStore::new(pool.clone(), &config.redis_prefix));
         let coordinator = Arc::new(RedisCoordinator::new(pool, &config.redis_prefix));
-        Self::new(config, publisher, coordinator, metrics)
+        Self::new(config, store.clone(), store, coordinator, metrics)
     }
 
     /// A scheduler inside a gateway process: publishes through the gateway's broker, and
@@ -69,7 +74,14 @@ impl Scheduler {
             Some(url) => Arc::new(RedisCoordinator::new(pool(url)?, &config.redis_prefix)),
             None => Arc::new(MemoryCoordinator::default()),
         };
-        Self::new(config, gateway.hub().publisher(), coordinator, gateway.metrics().clone())
+        let broker = gateway.hub().broker();
+        Self::new(
+            config,
+            broker.publisher.clone(),
+            broker.directory.clone(),
+            coordinator,
+            gateway.metrics().clone(),
+        )
     }
 
     /// Compiles the config's jobs (errors name the job: `jobs[0] (name): ...`). The config is
@@ -77,6 +89,7 @@ impl Scheduler {
     fn new(
         config: &Config,
         publisher: Arc<dyn Publisher>,
+        directory: Arc<dyn Directory>,
         coordinator: Arc<dyn Coordinator>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StartError> {
@@ -91,6 +104,12 @@ impl Scheduler {
             })
             .collect::<Result<_, _>>()?;
         let http = HttpClients::new().map_err(StartError::HttpClient)?;
+        let layer = Layer::compile(config)?;
+        let egress = Egress::of(layer.as_ref(), &metrics);
+        let bridge = layer.map(|layer| {
+            let config = Arc::new(config.clone());
+            Arc::new(Bridge::new(layer, publisher.clone(), directory, config, metrics.clone()))
+        });
         Ok(Self {
             jobs,
             metrics,
@@ -100,6 +119,8 @@ impl Scheduler {
             lease_ttl: config.scheduler.lease_ttl,
             max_bytes: config.max_frame_bytes,
             http,
+            bridge,
+            egress,
         })
     }
 
@@ -129,10 +150,14 @@ impl Scheduler {
                 tokio::spawn(self.clone().job_timer(job.clone(), leader_rx.clone(), stop_jobs.clone()))
             })
             .collect();
+        let bridging = self
+            .bridge
+            .clone()
+            .map(|bridge| tokio::spawn(bridge_while_leading(bridge, leader_rx, stop_jobs.clone())));
         lease::hold(self.coordinator.clone(), self.holder.clone(), self.lease_ttl, leader_tx, shutdown).await;
         stop_jobs.cancel();
-        for timer in timers {
-            let _ = timer.await;
+        for task in timers.into_iter().chain(bridging) {
+            let _ = task.await;
         }
     }
 
@@ -219,6 +244,9 @@ impl Scheduler {
         if let Err(e) = self.publisher.publish(&job.group, &data, job.history).await {
             return fail(&e);
         }
+        if let Some(egress) = &self.egress {
+            egress.send(&job.group, &data, None, None).await;
+        }
         self.count(&self.metrics.job_published, &job);
         tracing::debug!(job = %job.name, tick, group = %job.group, "published");
         if job.on_change_only {
@@ -241,6 +269,28 @@ impl Scheduler {
         }
         self.coordinator.set_last_data(&job.name, &format!("{PENDING}{data}")).await?;
         Ok(false)
+    }
+}
+
+/// Runs the Channels bridge during each term of leadership, until `stop`.
+async fn bridge_while_leading(
+    bridge: Arc<Bridge>,
+    mut leader: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            led = leader.wait_for(|leading| *leading) => if led.is_err() { return },
+        }
+        let term = stop.child_token();
+        let running = tokio::spawn(bridge.clone().run(term.clone()));
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = leader.wait_for(|leading| !*leading) => {}
+        }
+        term.cancel();
+        let _ = running.await;
     }
 }
 

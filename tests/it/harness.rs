@@ -41,6 +41,20 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// The Python of the test virtualenv, with the real `channels` and `channels_redis` packages
+/// (`TEST_VENV_PYTHON`, which `scripts/test.sh` sets after creating `target/test-venv`).
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("TEST_VENV_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} is missing: run the tests with scripts/test.sh, which creates it",
+        python.display()
+    );
+    python
+}
+
 /// The value of an exact metric line (`name{labels}`), if present.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -131,6 +145,17 @@ impl Redis {
     pub async fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
         let value = self.try_query(args).await.expect("redis query");
         redis::from_redis_value(value).expect("redis reply type")
+    }
+
+    /// A command whose arguments are bytes.
+    pub async fn query_bytes<T: redis::FromRedisValue>(&self, args: &[&[u8]]) -> T {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.expect("redis connection");
+        let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut conn).await.expect("redis query")
     }
 
     /// Subscribers of one Redis channel, across all connections (`PUBSUB NUMSUB`).

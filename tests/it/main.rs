@@ -3,6 +3,7 @@
 mod abuse;
 mod bad_input;
 mod browser;
+mod channels;
 mod delivery;
 mod deployment;
 mod faults;

@@ -7,16 +7,17 @@
 
 mod logs;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::value::RawValue;
+use tokio::time::Instant;
 
 use super::{
-    Answer, Broker, Directory, History, HistoryPolicy, HistoryState, NodeInfo, Page, Presence, Publisher,
-    Sink, Subscriber, Subscription, publish_plain,
+    Answer, Broker, Directory, History, HistoryPolicy, HistoryState, NodeInfo, ONCE_WINDOW, Page, Presence,
+    Publisher, Sink, Subscriber, Subscription, publish_plain,
 };
 use crate::group::GroupName;
 use crate::lock;
@@ -27,6 +28,10 @@ use logs::Logs;
 pub(crate) struct MemoryBroker {
     sink: Arc<dyn Sink>,
     logs: Mutex<Logs>,
+    /// The groups the hub subscribed (all local: there is one instance).
+    subscribed: Mutex<HashSet<GroupName>>,
+    /// Ids given to `publish_once` within its window.
+    once: Mutex<Once>,
     presence: Mutex<HashMap<GroupName, BTreeMap<String, ClientInfo>>>,
     /// The one node there is, once announced.
     node: Mutex<Option<NodeInfo>>,
@@ -38,6 +43,8 @@ impl MemoryBroker {
         let broker = Arc::new(Self {
             sink,
             logs: Mutex::new(Logs::new()),
+            subscribed: Mutex::default(),
+            once: Mutex::default(),
             presence: Mutex::default(),
             node: Mutex::default(),
         });
@@ -72,14 +79,56 @@ impl Publisher for MemoryBroker {
         self.sink.deliver(group.as_str(), frame);
         Box::pin(std::future::ready(Ok(())))
     }
+
+    fn publish_once<'a>(
+        &'a self,
+        group: &'a GroupName,
+        data: &'a RawValue,
+        history: Option<HistoryPolicy>,
+        id: &'a str,
+    ) -> Answer<'a, bool> {
+        if !lock(&self.once).first_time(group, id) {
+            return Box::pin(std::future::ready(Ok(false)));
+        }
+        Box::pin(async move { self.publish(group, data, history).await.map(|()| true) })
+    }
+}
+
+/// The ids `publish_once` saw within its window: a set to look them up, and a queue, oldest
+/// first, to forget them on time.
+#[derive(Default)]
+struct Once {
+    seen: HashSet<(GroupName, String)>,
+    order: VecDeque<(Instant, (GroupName, String))>,
+}
+
+impl Once {
+    /// Records `id` for `group`; false if it was seen within the window.
+    fn first_time(&mut self, group: &GroupName, id: &str) -> bool {
+        let now = Instant::now();
+        while let Some((_, key)) = self.order.front().filter(|(at, _)| now.duration_since(*at) > ONCE_WINDOW)
+        {
+            self.seen.remove(key);
+            self.order.pop_front();
+        }
+        let key = (group.clone(), id.to_string());
+        if !self.seen.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back((now, key));
+        true
+    }
 }
 
 impl Subscriber for MemoryBroker {
-    fn subscribe(&self, _group: &GroupName) -> Subscription {
+    fn subscribe(&self, group: &GroupName) -> Subscription {
+        lock(&self.subscribed).insert(group.clone());
         Subscription::confirmed()
     }
 
-    fn unsubscribe(&self, _group: &GroupName) {}
+    fn unsubscribe(&self, group: &GroupName) {
+        lock(&self.subscribed).remove(group);
+    }
 
     fn is_ready(&self) -> bool {
         true
@@ -149,5 +198,10 @@ impl Directory for MemoryBroker {
     fn nodes(&self) -> Answer<'_, Vec<NodeInfo>> {
         let nodes = lock(&self.node).iter().cloned().collect();
         Box::pin(std::future::ready(Ok(nodes)))
+    }
+
+    fn groups(&self) -> Answer<'_, Vec<GroupName>> {
+        let groups = lock(&self.subscribed).iter().cloned().collect();
+        Box::pin(std::future::ready(Ok(groups)))
     }
 }

@@ -11,7 +11,7 @@ use axum::extract::ws::Utf8Bytes;
 use deadpool_redis::Pool;
 
 use crate::broker::history::{HistoryState, Page};
-use crate::broker::{BrokerError, HistoryPolicy, new_epoch};
+use crate::broker::{BrokerError, HistoryPolicy, ONCE_WINDOW, new_epoch};
 use crate::group::GroupName;
 use crate::protocol::MessageParts;
 use crate::redis::{Unavailable, invoke};
@@ -22,11 +22,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// KEYS: meta, stream. ARGV: epoch candidate, ttl ms, channel, head, middle, tail, size, stamp.
-/// Starts an epoch when the group has none (first publish, expired, or Redis lost its data).
+/// KEYS: meta, stream, and optionally a once-key. ARGV: epoch candidate, ttl ms, channel, head,
+/// middle, tail, size, stamp, once window ms. Starts an epoch when the group has none (first
+/// publish, expired, or Redis lost its data). With a once-key that exists already, publishes
+/// nothing and returns 0.
 static APPEND: LazyLock<::redis::Script> = LazyLock::new(|| {
     ::redis::Script::new(&format!(
         r"{NOW}
+if KEYS[3] and not redis.call('SET', KEYS[3], 1, 'NX', 'PX', ARGV[9]) then
+  return 0
+end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
@@ -90,7 +95,9 @@ fn keys(prefix: &str, group: &GroupName) -> (String, String) {
     (format!("{prefix}:history:{{{group}}}:meta"), format!("{prefix}:history:{{{group}}}:stream"))
 }
 
-/// Appends a message to the group's history and publishes it on `channel`, atomically.
+/// Appends a message to the group's history and publishes it on `channel`, atomically; with
+/// `once` (a key of the group's slot), only if that key is new. Returns the offset, 0 when not
+/// published.
 pub(super) async fn append(
     pool: &Pool,
     prefix: &str,
@@ -98,18 +105,23 @@ pub(super) async fn append(
     group: &GroupName,
     parts: &MessageParts,
     policy: HistoryPolicy,
+    once: Option<&str>,
 ) -> Result<u64, Unavailable> {
     let (meta, stream) = keys(prefix, group);
     let mut call = APPEND.key(meta);
-    call.key(stream)
-        .arg(new_epoch())
+    call.key(stream);
+    if let Some(once) = once {
+        call.key(once);
+    }
+    call.arg(new_epoch())
         .arg(policy.ttl.as_millis().max(1) as u64)
         .arg(channel)
         .arg(&parts.head)
         .arg(parts.middle)
         .arg(&parts.tail)
         .arg(policy.size)
-        .arg(super::stamp());
+        .arg(super::stamp())
+        .arg(ONCE_WINDOW.as_millis() as u64);
     invoke(pool, &call).await
 }
 

@@ -12,7 +12,7 @@ mod directory;
 mod history;
 mod subscriber;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
@@ -21,14 +21,14 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Answer, Broker, Directory, History, HistoryPolicy, HistoryState, NodeInfo, Page, Presence, Publisher,
-    Sink, publish_plain,
+    Answer, Broker, Directory, History, HistoryPolicy, HistoryState, NodeInfo, ONCE_WINDOW, Page, Presence,
+    Publisher, Sink, publish_plain,
 };
 use crate::config::ConfigError;
 use crate::group::GroupName;
 use crate::metrics::Metrics;
-use crate::protocol::{ClientInfo, MessageParts};
-use crate::redis::query;
+use crate::protocol::{self, ClientInfo, MessageParts};
+use crate::redis::{invoke, query};
 use directory::Directory as Keys;
 
 /// The broker of a gateway on the Redis at `url`. Redis need not be reachable yet: the
@@ -121,11 +121,48 @@ impl Publisher for RedisStore {
         let Some(policy) = history else { return publish_plain(self, group, data) };
         Box::pin(async move {
             let parts = MessageParts::new(group, data);
-            history::append(&self.pool, &self.prefix, &self.channel(group), group, &parts, policy).await?;
+            history::append(&self.pool, &self.prefix, &self.channel(group), group, &parts, policy, None)
+                .await?;
             Ok(())
         })
     }
+
+    fn publish_once<'a>(
+        &'a self,
+        group: &'a GroupName,
+        data: &'a RawValue,
+        history: Option<HistoryPolicy>,
+        id: &'a str,
+    ) -> Answer<'a, bool> {
+        Box::pin(async move {
+            // In the group's hash slot, like its history and channel.
+            let once = format!("{}:once:{{{group}}}:{id}", self.prefix);
+            let channel = self.channel(group);
+            let Some(policy) = history else {
+                let mut call = PUBLISH_ONCE.key(&once);
+                let mut payload = stamp().into_bytes();
+                payload.extend_from_slice(protocol::message(group, data).as_bytes());
+                call.arg(&channel).arg(payload).arg(ONCE_WINDOW.as_millis() as u64);
+                return Ok(invoke::<i64>(&self.pool, &call).await? == 1);
+            };
+            let parts = MessageParts::new(group, data);
+            let offset =
+                history::append(&self.pool, &self.prefix, &channel, group, &parts, policy, Some(&once))
+                    .await?;
+            Ok(offset > 0)
+        })
+    }
 }
+
+/// KEYS: once-key. ARGV: channel, payload, window ms. Publishes unless the key exists already.
+static PUBLISH_ONCE: LazyLock<::redis::Script> = LazyLock::new(|| {
+    ::redis::Script::new(
+        r"
+if not redis.call('SET', KEYS[1], 1, 'NX', 'PX', ARGV[3]) then return 0 end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1",
+    )
+});
 
 impl History for RedisStore {
     fn state<'a>(&'a self, group: &'a GroupName) -> Answer<'a, HistoryState> {
@@ -174,5 +211,17 @@ impl Directory for RedisStore {
 
     fn nodes(&self) -> Answer<'_, Vec<NodeInfo>> {
         Box::pin(async move { Ok(Keys::nodes(&self.prefix).list(&self.pool).await?) })
+    }
+
+    fn groups(&self) -> Answer<'_, Vec<GroupName>> {
+        Box::pin(async move {
+            let mut cmd = ::redis::cmd("PUBSUB");
+            cmd.arg("CHANNELS").arg(format!("{}*", self.channel_prefix));
+            let channels: Vec<String> = query(&self.pool, &cmd).await?;
+            Ok(channels
+                .iter()
+                .filter_map(|c| GroupName::new(c.strip_prefix(&*self.channel_prefix)?).ok())
+                .collect())
+        })
     }
 }

@@ -45,7 +45,7 @@ pub(super) async fn publish(
     let (mut published, mut failed) = (Vec::new(), Vec::new());
     let mut last_error = None;
     for group in &groups {
-        match gateway.publish(group, &data).await {
+        match gateway.publish(group, &data, None).await {
             Ok(()) => published.push(group),
             Err(e) => {
                 failed.push(json!({"group": group, "code": ErrorCode::Unavailable}));

@@ -66,7 +66,7 @@ impl Session {
 
     async fn publish(&mut self, group: &GroupName, data: &RawValue) -> Result<(), RequestError> {
         self.check_publish(group)?;
-        self.gateway.publish(group, data).await.map_err(unavailable)
+        self.gateway.publish(group, data, Some(&self.info)).await.map_err(unavailable)
     }
 
     async fn presence(&self, group: &GroupName) -> Result<serde_json::Value, RequestError> {
