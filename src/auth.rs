@@ -42,13 +42,24 @@ pub struct Identity {
     pub user: Option<String>,
     /// The `info` claim, shown to others in presence.
     pub info: Option<serde_json::Value>,
-    /// When the token stops being valid.
-    pub expires_at: SystemTime,
+    /// When the token stops being valid; `None` for an identity the backend vouched for.
+    pub expires_at: Option<SystemTime>,
     subscribe: Option<Vec<WildMatch>>,
     publish: Option<Vec<WildMatch>>,
 }
 
 impl Identity {
+    /// An identity the backend's connect hook gave: `groups` and `publish` are patterns like a
+    /// token's claims; it does not expire.
+    pub(crate) fn granted(
+        user: Option<String>,
+        info: Option<serde_json::Value>,
+        groups: Option<Vec<String>>,
+        publish: Option<Vec<String>>,
+    ) -> Self {
+        Self { user, info, expires_at: None, subscribe: patterns(groups), publish: patterns(publish) }
+    }
+
     /// `Some(allowed)` when the token limits subscriptions, `None` when it does not.
     pub(crate) fn may_subscribe(&self, group: &GroupName) -> Option<bool> {
         self.subscribe.as_ref().map(|patterns| matches(patterns, group))
@@ -58,6 +69,10 @@ impl Identity {
     pub(crate) fn may_publish(&self, group: &GroupName) -> Option<bool> {
         self.publish.as_ref().map(|patterns| matches(patterns, group))
     }
+}
+
+fn patterns(list: Option<Vec<String>>) -> Option<Vec<WildMatch>> {
+    list.map(|l| l.iter().map(|p| WildMatch::new(p)).collect())
 }
 
 fn matches(patterns: &[WildMatch], group: &GroupName) -> bool {
@@ -106,12 +121,10 @@ impl Verifier {
                 _ => AuthError::Malformed(e.to_string()),
             })?
             .claims;
-        let patterns =
-            |list: Option<Vec<String>>| list.map(|l| l.iter().map(|p| WildMatch::new(p)).collect());
         Ok(Identity {
             user: claims.sub,
             info: claims.info,
-            expires_at: expiry(claims.exp),
+            expires_at: Some(expiry(claims.exp)),
             subscribe: patterns(claims.groups),
             publish: patterns(claims.publish),
         })

@@ -33,6 +33,7 @@
 //! - `hub`: group membership and fan-out to local sessions; the recovery gate.
 //! - `outbox`: each client's bounded outbound queue and close signal.
 //! - [`auth`]: token verification and what a token permits.
+//! - `hooks`: the application backend's connect, subscribe and publish hooks.
 //! - [`gateway`]: the axum server, WebSocket sessions, HTTP API, demo page.
 //! - [`scheduler`]: jobs that publish on a schedule, leader election between replicas.
 //! - `channels`: the bridge from a Django Channels layer (channels_redis) to Herald groups, and
@@ -56,6 +57,7 @@ mod channels;
 pub mod config;
 pub mod gateway;
 pub mod group;
+mod hooks;
 mod hub;
 pub mod metrics;
 mod outbox;

@@ -13,6 +13,7 @@
 //! | `herald_closes_total{code}` | counter | connections closed by the server, by close code |
 //! | `herald_redis_reconnects_total` | counter | pub/sub reconnections after a lost connection |
 //! | `herald_channels_events_total{layer,outcome}` | counter | Channels bridge events: `bridged`, `bad_input` (not what channels_redis writes), `not_bridged`, `echo` (Herald's own egress), `failed` (Herald's broker refused it), and egress `egress` / `egress_failed` |
+//! | `herald_hook_calls_total{hook,outcome}` | counter | backend hook calls: `connect`, `subscribe`, `publish` × `ok`, `unauthorized`, `forbidden`, `unavailable` |
 //! | `herald_catch_ups_total{outcome}` | counter | members of history groups brought up to date after a `since` or a gap: `recovered`, or `lost` (told `recovered: false`) |
 //! | `herald_delivery_latency_seconds` | histogram | publish (at any instance) to fan-out here |
 //! | `herald_job_runs_total{job}` | counter | scheduler ticks run |
@@ -49,6 +50,12 @@ pub struct ChannelsEvent {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookCall {
+    pub hook: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Job {
     pub job: String,
 }
@@ -73,6 +80,7 @@ pub struct Metrics {
     pub redis_reconnects: Counter,
     pub catch_ups: Family<Outcome, Counter>,
     pub channels_events: Family<ChannelsEvent, Counter>,
+    pub hook_calls: Family<HookCall, Counter>,
     pub delivery_latency: Histogram,
     pub job_runs: Family<Job, Counter>,
     pub job_published: Family<Job, Counter>,
@@ -94,6 +102,7 @@ impl Default for Metrics {
             redis_reconnects: Counter::default(),
             catch_ups: Family::default(),
             channels_events: Family::default(),
+            hook_calls: Family::default(),
             // 50 µs .. ~1.6 s
             delivery_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             job_runs: Family::default(),
@@ -129,6 +138,11 @@ impl Default for Metrics {
             m.channels_events.clone(),
         );
         registry.register(
+            "hook_calls",
+            "Calls of the backend's hooks, by hook and outcome",
+            m.hook_calls.clone(),
+        );
+        registry.register(
             "delivery_latency_seconds",
             "From publish to fan-out here",
             m.delivery_latency.clone(),
@@ -158,6 +172,11 @@ impl Metrics {
     /// be (`lost`).
     pub(crate) fn catch_up(&self, outcome: &'static str) {
         self.catch_ups.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// A call of a backend hook (`connect`, `subscribe`, `publish`).
+    pub(crate) fn hook_call(&self, hook: &'static str, outcome: &'static str) {
+        self.hook_calls.get_or_create(&HookCall { hook, outcome }).inc();
     }
 
     /// An event of the Channels bridge (`layer` = `core` or `pubsub`).

@@ -11,6 +11,7 @@
 //!   ends as soon as a close is asked for (the writer asks for one when the socket makes no
 //!   progress for `write_timeout`), so the session is never wedged.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
@@ -30,6 +31,8 @@ pub(crate) struct Outbox {
     room: Notify,
     /// The close code asked for, 0 while none; the first request wins.
     close_code: AtomicU16,
+    /// The reason of the first close request, when it gave one.
+    close_reason: OnceLock<String>,
     /// Cancelled when a close is asked for; wakes the session's reader, its writer and senders.
     closing: CancellationToken,
 }
@@ -46,6 +49,7 @@ impl Outbox {
             waiting: AtomicUsize::new(0),
             room: Notify::new(),
             close_code: AtomicU16::new(0),
+            close_reason: OnceLock::new(),
             closing: CancellationToken::new(),
         };
         (outbox, rx)
@@ -140,6 +144,19 @@ impl Outbox {
         if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.closing.cancel();
         }
+    }
+
+    /// [`Outbox::close`] with a reason for the client (the backend's, say).
+    pub(crate) fn close_with(&self, code: u16, reason: &str) {
+        if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            let _ = self.close_reason.set(reason.to_string());
+            self.closing.cancel();
+        }
+    }
+
+    /// The reason given with the close request, if any.
+    pub(crate) fn close_reason(&self) -> Option<&str> {
+        self.close_reason.get().map(String::as_str)
     }
 
     /// The close code, if a close was asked for.

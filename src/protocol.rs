@@ -25,6 +25,8 @@ pub(crate) mod close {
     pub(crate) const TRY_AGAIN: u16 = 1013;
     /// Missing, invalid or expired credentials.
     pub(crate) const UNAUTHORIZED: u16 = 4001;
+    /// The backend refused the connection (its connect hook answered 403).
+    pub(crate) const FORBIDDEN: u16 = 4003;
     /// The client did not read fast enough and its outbound queue overflowed.
     pub(crate) const SLOW_CONSUMER: u16 = 4008;
     /// The client kept exceeding its rate limit.
@@ -76,7 +78,7 @@ pub enum Request {
 }
 
 /// Where a recovering client left off: the last offset it saw, in that epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Since {
     pub offset: u64,
@@ -231,6 +233,13 @@ enum ServerFrame<'a> {
         offset: u64,
         epoch: &'a str,
     },
+    Subscribed {
+        group: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+    },
     Unsubscribed {
         group: &'a str,
         reason: &'a str,
@@ -337,6 +346,13 @@ pub(crate) fn frame_position(frame: &str) -> Option<(u64, &str)> {
 /// from there.
 pub(crate) fn recovered(group: &GroupName, recovered: bool, offset: u64, epoch: &str) -> Utf8Bytes {
     encode(&ServerFrame::Recovered { group: group.as_str(), recovered, offset, epoch })
+}
+
+/// `{"type":"subscribed","group":..}`: the server put the client in a group (with the group's
+/// position, `offset` and `epoch`, when it keeps history).
+pub(crate) fn subscribed(group: &GroupName, position: Option<(u64, &str)>) -> Utf8Bytes {
+    let (offset, epoch) = position.map_or((None, None), |(o, e)| (Some(o), Some(e)));
+    encode(&ServerFrame::Subscribed { group: group.as_str(), offset, epoch })
 }
 
 /// `{"type":"unsubscribed","group":..,"reason":..}`: the server took the client out of a group.

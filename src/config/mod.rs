@@ -11,6 +11,7 @@ mod channels;
 mod jobs;
 mod modes;
 mod namespaces;
+mod proxy;
 mod routes;
 mod security;
 
@@ -28,6 +29,7 @@ pub use channels::{ChannelsConfig, ChannelsLayer, SerializerFormat};
 pub use jobs::{HttpSourceConfig, JobConfig, SchedulerConfig};
 pub use modes::Mode;
 pub use namespaces::{MAX_HISTORY_SIZE, NamespaceConfig};
+pub use proxy::ProxyConfig;
 pub use routes::RouteConfig;
 pub use security::AuthMode;
 
@@ -132,6 +134,8 @@ pub struct Config {
     pub jobs: Vec<JobConfig>,
     /// The bridge from a Django Channels layer, when set.
     pub channels: Option<ChannelsConfig>,
+    /// Hooks to the application's backend.
+    pub proxy: ProxyConfig,
 }
 
 impl Default for Config {
@@ -168,6 +172,7 @@ impl Default for Config {
             scheduler: SchedulerConfig::default(),
             jobs: Vec::new(),
             channels: None,
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -242,6 +247,7 @@ impl Config {
             return Err(invalid("presence_ttl", "must be at least 1s"));
         }
         security::validate(self)?;
+        proxy::validate(self)?;
         if let Some(bridge) = &self.channels {
             channels::validate(bridge, self.redis_url.as_deref())?;
         }

@@ -8,6 +8,8 @@
 //! presence = true         # who is subscribed, across instances
 //! join_leave = true       # members see join/leave events
 //! require_auth = true     # anonymous clients may not subscribe, publish or see presence
+//! subscribe_proxy = true  # the backend's subscribe hook authorizes subscribes ([proxy])
+//! publish_proxy = true    # client publishes go through the backend's publish hook ([proxy])
 //! ```
 
 use std::time::Duration;
@@ -33,6 +35,10 @@ pub struct NamespaceConfig {
     pub join_leave: bool,
     /// Whether anonymous clients (no token, with `auth = "optional"`) are refused here.
     pub require_auth: bool,
+    /// Whether `[proxy] subscribe_url` authorizes subscribes to this namespace.
+    pub subscribe_proxy: bool,
+    /// Whether client publishes to this namespace go through `[proxy] publish_url`.
+    pub publish_proxy: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -44,6 +50,8 @@ impl Default for NamespaceConfig {
             presence: false,
             join_leave: false,
             require_auth: false,
+            subscribe_proxy: false,
+            publish_proxy: false,
         }
     }
 }

@@ -16,12 +16,14 @@ pub enum AuthMode {
     Optional,
     /// Every client must authenticate, or it is closed with 4001.
     Required,
+    /// The backend's connect hook (`[proxy] connect_url`) authenticates every connection.
+    Proxy,
 }
 
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     let mode = config.auth.unwrap_or(AuthMode::Off);
     let has_key = config.auth_hmac_secret.is_some() || config.auth_public_key_file.is_some();
-    if mode != AuthMode::Off && !has_key {
+    if matches!(mode, AuthMode::Optional | AuthMode::Required) && !has_key {
         return Err(invalid(
             "auth",
             format!(

@@ -13,7 +13,7 @@ use wildmatch::WildMatch;
 
 use super::Gateway;
 use super::error::ApiError;
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
 use crate::group::GroupName;
 use crate::protocol::{ErrorCode, Since};
 
@@ -117,10 +117,14 @@ impl Drop for Slot {
 }
 
 /// An admitted WebSocket handshake: origin checked, slot reserved, the URL's token and
-/// recovery positions taken.
+/// recovery positions taken, and what the backend's connect hook is to see of it.
 pub(super) struct Admitted {
     pub(super) peer: SocketAddr,
     pub(super) token: Option<String>,
+    /// The request path (for the connect hook).
+    pub(super) path: String,
+    /// The handshake headers the connect hook receives (`[proxy] forward_headers`).
+    pub(super) headers: HeaderMap,
     /// `?since=<group>:<offset>:<epoch>` (repeatable): where the client left off in groups its
     /// route joins it to.
     pub(super) since: HashMap<GroupName, Since>,
@@ -168,8 +172,13 @@ impl FromRequestParts<Arc<Gateway>> for Admitted {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message));
         }
         let (token, since) = parse_query(parts.uri.query().unwrap_or(""))?;
+        let headers = match (&gateway.hooks, gateway.config.auth_mode()) {
+            (Some(hooks), AuthMode::Proxy) => hooks.forwarded(&parts.headers),
+            _ => HeaderMap::new(),
+        };
         gateway.admission.reserve(peer.ip())?;
-        Ok(Self { peer, token, since, slot: Slot { gateway: gateway.clone(), ip: peer.ip() } })
+        let slot = Slot { gateway: gateway.clone(), ip: peer.ip() };
+        Ok(Self { peer, token, path: parts.uri.path().to_string(), headers, since, slot })
     }
 }
 

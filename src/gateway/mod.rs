@@ -33,6 +33,7 @@ use crate::broker::{Broker, BrokerError, HistoryPolicy, NodeInfo};
 use crate::channels::{Egress, Layer};
 use crate::config::Config;
 use crate::group::GroupName;
+use crate::hooks::Hooks;
 use crate::hub::{Hub, MemberId, Registry};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -63,6 +64,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// Sends publishes to bridged groups into the Channels layer, when egress is on.
     egress: Option<Egress>,
+    /// The backend's hooks, when `[proxy]` names any.
+    hooks: Option<Hooks>,
     /// The clock of every session's rate limiter, built once: building one probes the CPU,
     /// which per connection was a sixth of the gateway's cost of opening a session.
     clock: governor::clock::DefaultClock,
@@ -85,6 +88,7 @@ impl Gateway {
         let broker = Broker::from_config(&config, registry.clone(), stopped.clone(), metrics.clone())?;
         let hub = Hub::new(registry, broker, resumes, metrics.clone());
         let egress = Egress::of(Layer::compile(&config)?.as_ref(), &metrics);
+        let hooks = Hooks::from_config(&config, &metrics)?;
         Ok(Arc::new(Self {
             config,
             hub,
@@ -100,6 +104,7 @@ impl Gateway {
             admission,
             metrics,
             egress,
+            hooks,
             clock: governor::clock::DefaultClock::default(),
             started_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         }))

@@ -9,6 +9,7 @@ mod deployment;
 mod faults;
 mod harness;
 mod history;
+mod hooks;
 mod http_api;
 mod js_client;
 mod operations;

@@ -78,6 +78,7 @@ impl CompiledRoute {
                 .map(|p| p.iter().map(fill).collect::<Result<_, _>>())
                 .transpose()?,
             since: HashMap::new(),
+            params: params.clone(),
         })
     }
 }

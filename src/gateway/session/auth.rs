@@ -7,53 +7,127 @@
 //! way. An authenticated client is closed with 4001 when its token expires, unless it sent
 //! `{"type":"refresh","token":..}` with a newer token for the same user.
 //!
+//! With `auth = "proxy"` the backend's connect hook decides instead, before the welcome, seeing
+//! the handshake's forwarded headers (a session cookie): `401` closes with 4001, `403` with
+//! 4003 (both with the backend's reason), and a backend that fails with 1013 (try again later).
+//! Its answer gives the identity (user, info, patterns like a token's claims) and groups the
+//! client is put in at once.
+//!
 //! What an authenticated client may do is decided in `permissions`.
 
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use axum::extract::ws::{Message, WebSocket};
+use axum::http::HeaderMap;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use tokio::time::Instant;
 
 use super::Session;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, Identity};
+use crate::group::GroupName;
+use crate::hooks::{ConnectRequest, HookError};
+use crate::protocol::close;
+
+/// What the handshake tells about a client: the token on its URL, and what the connect hook is
+/// to see.
+pub(super) struct Handshake {
+    pub(super) peer: SocketAddr,
+    pub(super) path: String,
+    pub(super) headers: HeaderMap,
+    pub(super) token: Option<String>,
+}
+
+/// Why a client was not let in: the close code and the reason it is given.
+pub(super) struct Refused {
+    pub(super) code: u16,
+    pub(super) reason: String,
+}
+
+impl From<AuthError> for Refused {
+    fn from(e: AuthError) -> Self {
+        Self { code: close::UNAUTHORIZED, reason: e.to_string() }
+    }
+}
 use crate::config::AuthMode;
 use crate::protocol::{self, ErrorCode, Incoming, Request, RequestError};
 
 impl Session {
-    /// Settles who the client is before it may do anything, and welcomes it: a token in the
-    /// URL is checked before the welcome, an `auth` frame after it. An error closes the
-    /// connection with 4001.
+    /// Settles who the client is before it may do anything, and welcomes it: the connect hook
+    /// or a token in the URL before the welcome, an `auth` frame after it. Returns the groups
+    /// the backend puts the client in.
     pub(super) async fn authenticate(
         &mut self,
         stream: &mut SplitStream<WebSocket>,
-        url_token: Option<String>,
-    ) -> Result<(), AuthError> {
+        handshake: Handshake,
+    ) -> Result<Vec<GroupName>, Refused> {
         let mode = self.gateway.config.auth_mode();
-        if let (Some(token), true) = (url_token, mode != AuthMode::Off) {
-            self.accept_token(&token)?;
-        }
+        let assigned = match (mode, &handshake.token) {
+            (AuthMode::Proxy, _) => self.ask_backend(handshake).await?,
+            (AuthMode::Off, _) | (_, None) => Vec::new(),
+            (_, Some(token)) => {
+                self.accept_token(token)?;
+                Vec::new()
+            }
+        };
         self.send(protocol::welcome(&self.info.client, self.gateway.node_id())).await;
         if mode != AuthMode::Required || self.identity.is_some() {
-            return Ok(());
+            return Ok(assigned);
         }
         let first = tokio::time::timeout(self.gateway.config.auth_timeout, first_text(stream)).await;
-        let Ok(Some(text)) = first else { return Err(AuthError::Missing) };
+        let Ok(Some(text)) = first else { return Err(AuthError::Missing.into()) };
         match protocol::decode(&text) {
             Ok(Incoming { id, request: Request::Auth { token } }) => {
                 self.accept_token(&token)?;
                 self.send(protocol::reply(id, None)).await;
-                Ok(())
+                Ok(assigned)
             }
-            _ => Err(AuthError::Missing),
+            _ => Err(AuthError::Missing.into()),
         }
+    }
+
+    /// The connect hook: who the client is, and the groups it is put in at once.
+    async fn ask_backend(&mut self, handshake: Handshake) -> Result<Vec<GroupName>, Refused> {
+        let hooks = self.gateway.hooks.as_ref().expect("auth = \"proxy\" is validated to have a connect_url");
+        let request = ConnectRequest {
+            client: &self.info.client,
+            node: self.gateway.node_id(),
+            transport: "websocket",
+            path: &handshake.path,
+            params: &self.grants.params,
+            remote_addr: handshake.peer.ip().to_string(),
+        };
+        let grant = hooks.connect(&request, handshake.headers).await.map_err(|e| match e {
+            HookError::Unauthorized(reason) => Refused { code: close::UNAUTHORIZED, reason },
+            HookError::Forbidden(reason) => Refused { code: close::FORBIDDEN, reason },
+            HookError::Unavailable(_) => {
+                Refused { code: close::TRY_AGAIN, reason: "backend unavailable".into() }
+            }
+        })?;
+        let assigned = grant
+            .subscribe
+            .iter()
+            .filter_map(|name| match GroupName::new(name) {
+                Ok(group) => Some(group),
+                Err(e) => {
+                    tracing::warn!(group = name, error = %e, "the connect hook named an invalid group");
+                    None
+                }
+            })
+            .collect();
+        let identity = Identity::granted(grant.user, grant.info, grant.groups, grant.publish);
+        self.info.user = identity.user.clone();
+        self.info.info = identity.info.clone();
+        tracing::debug!(user = ?identity.user, "admitted by the backend");
+        self.identity = Some(identity);
+        Ok(assigned)
     }
 
     fn accept_token(&mut self, token: &str) -> Result<(), AuthError> {
         let verifier = self.gateway.verifier.as_ref().ok_or(AuthError::Missing)?;
         let identity = verifier.verify(token)?;
-        if identity.expires_at <= SystemTime::now() {
+        if identity.expires_at.is_some_and(|at| at <= SystemTime::now()) {
             return Err(AuthError::Expired);
         }
         self.info.user = identity.user.clone();
@@ -82,11 +156,11 @@ impl Session {
     /// replace the old ones: groups they no longer allow are left (`unsubscribed`).
     pub(super) async fn refresh(&mut self, token: &str) -> Result<(), RequestError> {
         let refused = |e: AuthError| RequestError::new(None, ErrorCode::Forbidden, e.to_string());
-        let Some(current) = &self.identity else {
+        let Some(current) = self.identity.as_ref().filter(|i| i.expires_at.is_some()) else {
             return Err(RequestError::new(
                 None,
                 ErrorCode::BadRequest,
-                "not authenticated: nothing to refresh",
+                "not authenticated with a token: nothing to refresh",
             ));
         };
         let verifier = self.gateway.verifier.as_ref().ok_or_else(|| refused(AuthError::Missing))?;
@@ -103,7 +177,7 @@ impl Session {
     /// When the token stops being valid, on the runtime's clock (at most a day ahead: the
     /// deadline is looked at again when it passes).
     pub(super) fn token_expiry(&self) -> Option<Instant> {
-        let expires_at = self.identity.as_ref()?.expires_at;
+        let expires_at = self.identity.as_ref()?.expires_at?;
         let left = expires_at.duration_since(SystemTime::now()).unwrap_or_default();
         Some(Instant::now() + left.min(EXPIRY_HORIZON))
     }

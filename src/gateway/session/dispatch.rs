@@ -4,8 +4,9 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::Session;
-use super::membership::{Asked, unavailable};
+use super::membership::{Asked, refusal, unavailable};
 use crate::group::GroupName;
+use crate::hooks::PublishRequest;
 use crate::protocol::{self, ErrorCode, Incoming, Request, RequestError, close};
 
 impl Session {
@@ -64,9 +65,32 @@ impl Session {
         self.send(protocol::error(e)).await;
     }
 
+    /// Publishes for the client; in a namespace with `publish_proxy`, only once the backend's
+    /// publish hook said yes (publishing the data it answered with, when it did).
     async fn publish(&mut self, group: &GroupName, data: &RawValue) -> Result<(), RequestError> {
         self.check_publish(group)?;
+        let replaced = match self.gateway.config.namespace(group.namespace()).publish_proxy {
+            true => self.ask_publish_hook(group, data).await?,
+            false => None,
+        };
+        let data = replaced.as_deref().unwrap_or(data);
         self.gateway.publish(group, data, Some(&self.info)).await.map_err(unavailable)
+    }
+
+    async fn ask_publish_hook(
+        &self,
+        group: &GroupName,
+        data: &RawValue,
+    ) -> Result<Option<Box<RawValue>>, RequestError> {
+        let hooks = self.gateway.hooks.as_ref().expect("publish_proxy is validated to have a publish_url");
+        let request = PublishRequest {
+            client: &self.info.client,
+            user: self.info.user.as_deref(),
+            info: self.info.info.as_ref(),
+            group: group.as_str(),
+            data,
+        };
+        hooks.publish(&request).await.map_err(refusal)
     }
 
     async fn presence(&self, group: &GroupName) -> Result<serde_json::Value, RequestError> {

@@ -17,6 +17,7 @@ use serde_json::json;
 use super::Session;
 use crate::broker::{BrokerError, HistoryPolicy, Plan, Position};
 use crate::group::GroupName;
+use crate::hooks::{HookError, SubscribeRequest};
 use crate::hub::{Catching, Gate, Pace, Reached, catch_up};
 use crate::protocol::{self, ErrorCode, RequestError, Since};
 
@@ -28,19 +29,34 @@ pub(super) enum Asked {
     /// The connection's route: nobody waits for a reply (errors are still sent, and a route
     /// join with `since` is answered with a `recovered` frame).
     Route,
+    /// The backend (its connect hook): trusted, so neither the client's permissions nor the
+    /// subscribe hook are asked, but `max_groups_per_client` holds. The client is told with a
+    /// `subscribed` frame.
+    Server,
 }
 
 impl Asked {
     fn id(self) -> Option<u64> {
         match self {
             Asked::Client(id) => id,
-            Asked::Route => None,
+            Asked::Route | Asked::Server => None,
         }
     }
 }
 
 pub(super) fn unavailable(e: BrokerError) -> RequestError {
     RequestError::new(None, ErrorCode::Unavailable, e.to_string())
+}
+
+/// A hook's refusal as the client's error: `forbidden` with the backend's reason, or
+/// `unavailable` when the backend failed.
+pub(super) fn refusal(e: HookError) -> RequestError {
+    match e {
+        HookError::Unauthorized(reason) | HookError::Forbidden(reason) => {
+            RequestError::new(None, ErrorCode::Forbidden, reason)
+        }
+        HookError::Unavailable(_) => RequestError::new(None, ErrorCode::Unavailable, "backend unavailable"),
+    }
 }
 
 impl Session {
@@ -70,11 +86,16 @@ impl Session {
                 }
             };
         }
-        self.check_subscribe(&group).map_err(|e| RequestError { id, ..e })?;
+        if !matches!(asked, Asked::Server) {
+            self.check_subscribe(&group).map_err(|e| RequestError { id, ..e })?;
+        }
         if self.groups.len() >= gateway.config.max_groups_per_client {
             let message =
                 format!("already in max_groups_per_client ({}) groups", gateway.config.max_groups_per_client);
             return Err(RequestError::new(id, ErrorCode::Forbidden, message));
+        }
+        if namespace.subscribe_proxy && !matches!(asked, Asked::Server) {
+            self.ask_subscribe_hook(&group, since.as_ref()).await.map_err(|e| RequestError { id, ..e })?;
         }
         let gate = history.map(|policy| (Arc::new(Gate::holding(gateway.config.outbound_queue)), policy));
         gateway.hub.join(&group, self.id, &self.outbox, gate.clone()).await.map_err(unavailable)?;
@@ -88,7 +109,10 @@ impl Session {
                     return Err(e);
                 }
             }
-            None => self.reply(asked, None).await,
+            None => match asked {
+                Asked::Server => self.send(protocol::subscribed(&group, None)).await,
+                _ => self.reply(asked, None).await,
+            },
         }
         if namespace.presence {
             gateway.presence.add(&group, &self.info);
@@ -173,10 +197,14 @@ impl Session {
         }
     }
 
-    /// Tells the client where the group stands: in the reply to its `subscribe`, or for a
-    /// route join with `since`, in a `recovered` frame (a route join without one says nothing).
+    /// Tells the client where the group stands: in the reply to its `subscribe`, for a route
+    /// join with `since` in a `recovered` frame (a route join without one says nothing), for a
+    /// server-side subscription in its `subscribed` frame.
     async fn answer_position(&self, asked: Asked, group: &GroupName, at: &Position, recovered: Option<bool>) {
         match (asked, recovered) {
+            (Asked::Server, _) => {
+                self.send(protocol::subscribed(group, Some((at.offset, &at.epoch)))).await;
+            }
             (Asked::Client(_), _) => {
                 let mut result = json!({ "offset": at.offset, "epoch": at.epoch });
                 if let Some(recovered) = recovered {
@@ -195,6 +223,29 @@ impl Session {
         if let Asked::Client(id) = asked {
             self.send(protocol::reply(id, result)).await;
         }
+    }
+
+    /// Joins the groups the backend put the client in; failures are reported as `error`
+    /// frames without an id.
+    pub(super) async fn join_assigned(&mut self, groups: Vec<GroupName>) {
+        for group in groups {
+            if let Err(e) = self.subscribe(Asked::Server, group, None).await {
+                self.send_error(&e).await;
+            }
+        }
+    }
+
+    /// The subscribe hook of a namespace with `subscribe_proxy`.
+    async fn ask_subscribe_hook(&self, group: &GroupName, since: Option<&Since>) -> Result<(), RequestError> {
+        let hooks =
+            self.gateway.hooks.as_ref().expect("subscribe_proxy is validated to have a subscribe_url");
+        let request = SubscribeRequest {
+            client: &self.info.client,
+            user: self.info.user.as_deref(),
+            group: group.as_str(),
+            since,
+        };
+        hooks.subscribe(&request).await.map_err(refusal)
     }
 
     /// Leaves `group` if the session is in it.

@@ -53,6 +53,8 @@ pub(super) struct Grants {
     pub(super) since: HashMap<GroupName, Since>,
     /// The only groups the client may publish to, if the route limits it.
     pub(super) publish: Option<HashSet<GroupName>>,
+    /// The route's path parameters (what the connect hook is told).
+    pub(super) params: HashMap<String, String>,
 }
 
 /// `GET /ws`: the generic endpoint, no grants beyond namespace policy.
@@ -103,8 +105,9 @@ pub(super) struct Session {
 }
 
 async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, mut grants: Grants) {
-    let Admitted { peer, token, since, slot: _slot } = admitted;
+    let Admitted { peer, token, path, headers, since, slot: _slot } = admitted;
     grants.since = since;
+    let handshake = auth::Handshake { peer, path, headers, token };
     let config = &gateway.config;
     let (outbox, queue) = Outbox::new(config.outbound_queue, config.outbound_queue_bytes);
     let outbox = Arc::new(outbox);
@@ -130,14 +133,15 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, mut g
     };
     async move {
         tracing::debug!("connected");
-        match session.authenticate(&mut stream, token).await {
-            Ok(()) => {
+        match session.authenticate(&mut stream, handshake).await {
+            Ok(assigned) => {
+                session.join_assigned(assigned).await;
                 session.join_route_groups().await;
                 session.read(&mut stream).await;
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "authentication failed");
-                session.outbox.close(close::UNAUTHORIZED);
+            Err(refused) => {
+                tracing::debug!(code = refused.code, reason = %refused.reason, "not admitted");
+                session.outbox.close_with(refused.code, &refused.reason);
             }
         }
         session.leave_all().await;
@@ -213,7 +217,12 @@ impl Session {
 
     /// Why the session must end now, if it must.
     fn overdue(&self) -> Option<u16> {
-        if self.identity.as_ref().is_some_and(|i| i.expires_at <= std::time::SystemTime::now()) {
+        if self
+            .identity
+            .as_ref()
+            .and_then(|i| i.expires_at)
+            .is_some_and(|at| at <= std::time::SystemTime::now())
+        {
             tracing::debug!("token expired");
             return Some(close::UNAUTHORIZED);
         }

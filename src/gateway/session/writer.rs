@@ -42,7 +42,7 @@ pub(super) async fn run(
     loop {
         let written = tokio::select! {
             biased;
-            code = &mut closing => return send_close(&mut sink, code, &mut queue).await,
+            code = &mut closing => return send_close(&mut sink, &outbox, code, &mut queue).await,
             frame = queue.recv() => match frame {
                 Some(frame) => write_batch(&mut sink, frame, &mut queue, &outbox).left_future(),
                 None => return,
@@ -51,13 +51,13 @@ pub(super) async fn run(
         };
         let result = tokio::select! {
             biased;
-            code = &mut closing => return send_close(&mut sink, code, &mut queue).await,
+            code = &mut closing => return send_close(&mut sink, &outbox, code, &mut queue).await,
             result = tokio::time::timeout(write_timeout, written) => result,
         };
         let Ok(result) = result else {
             tracing::debug!(?write_timeout, "write made no progress; closing");
             outbox.close(close::SLOW_CONSUMER);
-            return send_close(&mut sink, close::SLOW_CONSUMER, &mut queue).await;
+            return send_close(&mut sink, &outbox, close::SLOW_CONSUMER, &mut queue).await;
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "write failed");
@@ -88,19 +88,12 @@ async fn write_batch(
     sink.flush().await
 }
 
-/// Sends the close frame; for any close but a slow consumer's, the frames already queued (an
-/// error that explains the close, say) go first. All within [`CLOSE_SEND_TIMEOUT`].
-async fn send_close(sink: &mut Sink, code: u16, queue: &mut mpsc::Receiver<Utf8Bytes>) {
-    let reason = match code {
-        close::TOO_LARGE => "frame too large",
-        close::UNAUTHORIZED => "unauthorized",
-        close::RATE_LIMITED => "rate limited",
-        close::NO_PONG => "no pong",
-        close::RESTARTING => "server restarting",
-        close::SLOW_CONSUMER => "slow consumer",
-        _ => "",
-    };
-    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+/// Sends the close frame, with the reason the close was asked with or one for its code; for any
+/// close but a slow consumer's, the frames already queued (an error that explains the close, say)
+/// go first. All within [`CLOSE_SEND_TIMEOUT`].
+async fn send_close(sink: &mut Sink, outbox: &Outbox, code: u16, queue: &mut mpsc::Receiver<Utf8Bytes>) {
+    let reason = outbox.close_reason().map_or_else(|| default_reason(code), truncated);
+    let frame = CloseFrame { code, reason: Utf8Bytes::from(reason.to_string()) };
     let send = async {
         if code != close::SLOW_CONSUMER {
             while let Ok(queued) = queue.try_recv() {
@@ -110,4 +103,27 @@ async fn send_close(sink: &mut Sink, code: u16, queue: &mut mpsc::Receiver<Utf8B
         sink.send(Message::Close(Some(frame))).await
     };
     let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, send).await;
+}
+
+/// A close reason fits in 123 bytes (a control frame's payload, less the code).
+fn truncated(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+fn default_reason(code: u16) -> &'static str {
+    match code {
+        close::TOO_LARGE => "frame too large",
+        close::UNAUTHORIZED => "unauthorized",
+        close::FORBIDDEN => "forbidden",
+        close::TRY_AGAIN => "try again later",
+        close::RATE_LIMITED => "rate limited",
+        close::NO_PONG => "no pong",
+        close::RESTARTING => "server restarting",
+        close::SLOW_CONSUMER => "slow consumer",
+        _ => "",
+    }
 }
