@@ -136,6 +136,17 @@ pub(crate) trait Publisher: Send + Sync + 'static {
         history: Option<HistoryPolicy>,
         id: &'a str,
     ) -> Answer<'a, bool>;
+
+    /// Publishes a batch, each message as [`Publisher::publish`] would, in order, in as few
+    /// round trips as the backend allows (one pipeline on Redis); one result per message.
+    fn publish_all<'a>(&'a self, batch: &'a [Outgoing<'a>]) -> Answer<'a, Vec<Result<(), BrokerError>>>;
+}
+
+/// One message of a batch given to [`Publisher::publish_all`].
+pub(crate) struct Outgoing<'a> {
+    pub(crate) group: &'a GroupName,
+    pub(crate) data: &'a RawValue,
+    pub(crate) history: Option<HistoryPolicy>,
 }
 
 /// How long [`Publisher::publish_once`] remembers an id.

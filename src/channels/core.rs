@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Bridge, Dict, Layer};
 use crate::group::GroupName;
-use crate::redis::{Backoff, Unavailable, invoke, query};
+use crate::redis::{Backoff, Unavailable, invoke, query, run_pipeline};
 
 /// Events moved from the queue per round trip.
 const BATCH: usize = 256;
@@ -125,7 +125,7 @@ async fn update_memberships(
         let key = group_key(layer, group.as_str());
         pipe.cmd("ZADD").arg(&key).arg(now).arg(format!("{}{group}", layer.bridge)).ignore();
         pipe.cmd("EXPIRE").arg(&key).arg(layer.group_expiry).ignore();
-        run_pipeline(&layer.host(group.as_str()).pool, &pipe).await?;
+        run_pipeline::<()>(&layer.host(group.as_str()).pool, &pipe).await?;
     }
     for group in leave {
         let mut cmd = ::redis::cmd("ZREM");
@@ -133,14 +133,6 @@ async fn update_memberships(
         query::<i64>(&layer.host(group.as_str()).pool, &cmd).await?;
     }
     Ok(())
-}
-
-async fn run_pipeline(pool: &deadpool_redis::Pool, pipe: &::redis::Pipeline) -> Result<(), Unavailable> {
-    let mut conn = pool.get().await.map_err(Unavailable::from_error)?;
-    tokio::time::timeout(crate::redis::COMMAND_TIMEOUT, pipe.query_async::<()>(&mut conn))
-        .await
-        .map_err(|_| Unavailable("redis did not answer in time".into()))?
-        .map_err(Unavailable::from_error)
 }
 
 /// Drains the bridge's queue until `stop`: first whatever a previous leader left in flight,

@@ -86,8 +86,11 @@ pub struct Config {
     /// own host is always allowed, and requests without `Origin` are not browsers.
     #[serde(deserialize_with = "comma_list")]
     pub allowed_origins: Vec<String>,
-    /// Largest client frame accepted; larger frames close the connection with 1009.
+    /// Largest client frame accepted; larger frames close the connection with 1009. Also the
+    /// largest message of an HTTP publish.
     pub max_frame_bytes: usize,
+    /// Largest HTTP publish request (a batch of messages); never less than `max_frame_bytes`.
+    pub max_batch_bytes: usize,
     /// Frames a client's outbound queue holds before the client is closed as too slow (4008).
     pub outbound_queue: usize,
     /// Bytes a client's outbound queue holds before the client is closed as too slow (4008).
@@ -153,6 +156,7 @@ impl Default for Config {
             auth_timeout: Duration::from_secs(5),
             allowed_origins: Vec::new(),
             max_frame_bytes: 64 * 1024,
+            max_batch_bytes: 1024 * 1024,
             outbound_queue: 1024,
             outbound_queue_bytes: 1024 * 1024,
             max_groups_per_client: 100,
@@ -233,6 +237,9 @@ impl Config {
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.max_frame_bytes) {
             return Err(invalid("max_frame_bytes", "must be between 1024 and 16777216"));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_batch_bytes) {
+            return Err(invalid("max_batch_bytes", "must be between 1024 and 67108864"));
         }
         if !(1..=1_000_000).contains(&self.outbound_queue) {
             return Err(invalid("outbound_queue", "must be between 1 and 1000000"));

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::StartError;
 use crate::auth::Verifier;
-use crate::broker::{Broker, BrokerError, HistoryPolicy, NodeInfo};
+use crate::broker::{Broker, BrokerError, HistoryPolicy, NodeInfo, Outgoing};
 use crate::channels::{Egress, Layer};
 use crate::config::Config;
 use crate::group::GroupName;
@@ -157,6 +157,43 @@ impl Gateway {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// Publishes many messages (each with history where its namespace keeps one) in one broker
+    /// round trip, in order; one result per message. `by` as for [`Gateway::publish`].
+    pub(crate) async fn publish_all(
+        &self,
+        messages: &[(GroupName, Box<RawValue>)],
+        by: Option<&ClientInfo>,
+    ) -> Vec<Result<(), BrokerError>> {
+        let batch: Vec<Outgoing> = messages
+            .iter()
+            .map(|(group, data)| Outgoing {
+                group,
+                data,
+                history: HistoryPolicy::of(self.config.namespace(group.namespace())),
+            })
+            .collect();
+        let outcomes = match self.hub.broker().publisher.publish_all(&batch).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => vec![Err(e); messages.len()],
+        };
+        for ((group, data), outcome) in messages.iter().zip(&outcomes) {
+            self.published(group, data, by, outcome.is_ok()).await;
+        }
+        outcomes
+    }
+
+    /// Counts a publish, and sends it into the Channels layer when it succeeded and egress is on.
+    async fn published(&self, group: &GroupName, data: &RawValue, by: Option<&ClientInfo>, ok: bool) {
+        if !ok {
+            return self.metrics.dropped("publish_failed");
+        }
+        self.metrics.messages_in.inc();
+        if let Some(egress) = &self.egress {
+            let (client, user) = by.map_or((None, None), |c| (Some(c.client.as_str()), c.user.as_deref()));
+            egress.send(group, data, client, user).await;
+        }
+    }
+
     /// Publishes `data` to `group` (with history where its namespace keeps one): one broker
     /// operation, the frame encoded once. `by` is the client that published, if one did; with
     /// Channels egress on, a bridged group's message goes into the layer too.
@@ -168,17 +205,7 @@ impl Gateway {
     ) -> Result<(), BrokerError> {
         let history = HistoryPolicy::of(self.config.namespace(group.namespace()));
         let published = self.hub.broker().publisher.publish(group, data, history).await;
-        match &published {
-            Ok(()) => {
-                self.metrics.messages_in.inc();
-                if let Some(egress) = &self.egress {
-                    let (client, user) =
-                        by.map_or((None, None), |c| (Some(c.client.as_str()), c.user.as_deref()));
-                    egress.send(group, data, client, user).await;
-                }
-            }
-            Err(_) => self.metrics.dropped("publish_failed"),
-        }
+        self.published(group, data, by, published.is_ok()).await;
         published
     }
 }

@@ -84,9 +84,17 @@ pub(crate) async fn invoke_all(
     for call in calls {
         pipe.invoke_script(call).ignore();
     }
+    run_pipeline(pool, &pipe).await
+}
+
+/// Runs a pipeline on a pooled connection within [`COMMAND_TIMEOUT`].
+pub(crate) async fn run_pipeline<T: ::redis::FromRedisValue>(
+    pool: &Pool,
+    pipe: &::redis::Pipeline,
+) -> Result<T, Unavailable> {
     in_time(async {
         let mut conn = pool.get().await.map_err(Unavailable::from_error)?;
-        pipe.query_async::<()>(&mut conn).await.map_err(Unavailable::from_error)
+        pipe.query_async::<T>(&mut conn).await.map_err(Unavailable::from_error)
     })
     .await
 }

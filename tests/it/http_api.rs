@@ -1,7 +1,7 @@
 //! `POST /api/publish` auth and validation, health endpoints.
 
 use herald::config::NamespaceConfig;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::harness::{Node, Redis, config, http, http_raw};
 
@@ -120,4 +120,50 @@ async fn a_multi_group_publish_that_fails_for_some_groups_says_which() {
     assert_eq!(answer["published"], json!(["news", "feed.fine"]));
     assert_eq!(answer["failed"], json!([{"group": "feed.broken", "code": "unavailable"}]));
     assert_eq!(member.message().await, ("news".into(), json!(1)));
+}
+
+#[tokio::test]
+async fn a_batch_is_published_in_order_and_answered_per_message() {
+    let redis = Redis::start().await;
+    let mut config = config(Some(&redis), "gw-1");
+    config.namespaces.insert("feed".into(), NamespaceConfig { history_size: 100, ..Default::default() });
+    (config.max_frame_bytes, config.max_batch_bytes) = (2048, 4096);
+    let node = Node::ready(config).await;
+    let mut member = node.client().await;
+    member.subscribe("feed.a").await;
+    member.subscribe("news").await;
+    let batch = json!([
+        {"group": "feed.a", "data": 1},
+        {"group": "news", "data": "x"},
+        {"group": "no good", "data": 2},
+        {"group": "feed.a", "data": 3},
+        {"group": "feed.a"},
+    ]);
+    let (status, answer) = http(node.addr, "POST", "/api/publish", &[], &batch.to_string()).await;
+    assert_eq!(status, 400, "some messages were invalid: {answer}");
+    let codes: Vec<Value> =
+        answer["results"].as_array().unwrap().iter().map(|r| r["error"]["code"].clone()).collect();
+    assert_eq!(codes, [Value::Null, Value::Null, json!("invalid_group"), Value::Null, json!("bad_request")]);
+    assert_eq!(answer["results"][0], json!({"ok": true}));
+    let frames: Vec<Value> = vec![member.recv().await, member.recv().await, member.recv().await];
+    let seen: Vec<(Value, Value)> = frames.iter().map(|f| (f["data"].clone(), f["offset"].clone())).collect();
+    assert_eq!(
+        seen,
+        [(json!(1), json!(1)), (json!("x"), Value::Null), (json!(3), json!(2))],
+        "in order, offsets per group"
+    );
+
+    let lines = "{\"group\":\"news\",\"data\":\"a\"}\n{\"group\":\"news\",\"data\":\"b\"}\n";
+    let (status, body) =
+        http_raw(node.addr, "POST", "/api/publish", &[("content-type", "application/x-ndjson")], lines).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"results": [{"ok": true}, {"ok": true}]})
+    );
+    assert_eq!(member.message().await.1, json!("a"));
+    assert_eq!(member.message().await.1, json!("b"));
+    let huge = json!([{"group": "news", "data": "x".repeat(5000)}]).to_string();
+    assert_eq!(http(node.addr, "POST", "/api/publish", &[], &huge).await.0, 413, "over max_batch_bytes");
+    member.assert_no_message().await;
 }

@@ -16,8 +16,8 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::{
-    Answer, Broker, Directory, History, HistoryPolicy, HistoryState, NodeInfo, ONCE_WINDOW, Page, Presence,
-    Publisher, Sink, Subscriber, Subscription, publish_plain,
+    Answer, Broker, BrokerError, Directory, History, HistoryPolicy, HistoryState, NodeInfo, ONCE_WINDOW,
+    Outgoing, Page, Presence, Publisher, Sink, Subscriber, Subscription, publish_plain,
 };
 use crate::group::GroupName;
 use crate::lock;
@@ -78,6 +78,16 @@ impl Publisher for MemoryBroker {
         // Delivered under the lock, so offsets reach members in order.
         self.sink.deliver(group.as_str(), frame);
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn publish_all<'a>(&'a self, batch: &'a [Outgoing<'a>]) -> Answer<'a, Vec<Result<(), BrokerError>>> {
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(batch.len());
+            for message in batch {
+                results.push(self.publish(message.group, message.data, message.history).await);
+            }
+            Ok(results)
+        })
     }
 
     fn publish_once<'a>(

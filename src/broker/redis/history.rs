@@ -26,7 +26,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 /// middle, tail, size, stamp, once window ms. Starts an epoch when the group has none (first
 /// publish, expired, or Redis lost its data). With a once-key that exists already, publishes
 /// nothing and returns 0.
-static APPEND: LazyLock<::redis::Script> = LazyLock::new(|| {
+pub(super) static APPEND: LazyLock<::redis::Script> = LazyLock::new(|| {
     ::redis::Script::new(&format!(
         r"{NOW}
 if KEYS[3] and not redis.call('SET', KEYS[3], 1, 'NX', 'PX', ARGV[9]) then
@@ -107,6 +107,18 @@ pub(super) async fn append(
     policy: HistoryPolicy,
     once: Option<&str>,
 ) -> Result<u64, Unavailable> {
+    invoke(pool, &appending(prefix, channel, group, parts, policy, once)).await
+}
+
+/// The script call of [`append`], for a pipeline of many (load [`APPEND`] first).
+pub(super) fn appending(
+    prefix: &str,
+    channel: &str,
+    group: &GroupName,
+    parts: &MessageParts,
+    policy: HistoryPolicy,
+    once: Option<&str>,
+) -> ::redis::ScriptInvocation<'static> {
     let (meta, stream) = keys(prefix, group);
     let mut call = APPEND.key(meta);
     call.key(stream);
@@ -122,7 +134,7 @@ pub(super) async fn append(
         .arg(policy.size)
         .arg(super::stamp())
         .arg(ONCE_WINDOW.as_millis() as u64);
-    invoke(pool, &call).await
+    call
 }
 
 /// Where the group's history stands.

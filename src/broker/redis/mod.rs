@@ -21,14 +21,14 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Answer, Broker, Directory, History, HistoryPolicy, HistoryState, NodeInfo, ONCE_WINDOW, Page, Presence,
-    Publisher, Sink, publish_plain,
+    Answer, Broker, BrokerError, Directory, History, HistoryPolicy, HistoryState, NodeInfo, ONCE_WINDOW,
+    Outgoing, Page, Presence, Publisher, Sink, publish_plain,
 };
 use crate::config::ConfigError;
 use crate::group::GroupName;
 use crate::metrics::Metrics;
 use crate::protocol::{self, ClientInfo, MessageParts};
-use crate::redis::{invoke, query};
+use crate::redis::{Unavailable, invoke, query, run_pipeline};
 use directory::Directory as Keys;
 
 /// The broker of a gateway on the Redis at `url`. Redis need not be reachable yet: the
@@ -124,6 +124,37 @@ impl Publisher for RedisStore {
             history::append(&self.pool, &self.prefix, &self.channel(group), group, &parts, policy, None)
                 .await?;
             Ok(())
+        })
+    }
+
+    fn publish_all<'a>(&'a self, batch: &'a [Outgoing<'a>]) -> Answer<'a, Vec<Result<(), BrokerError>>> {
+        Box::pin(async move {
+            let mut pipe = ::redis::pipe();
+            pipe.ignore_errors();
+            if batch.iter().any(|m| m.history.is_some()) {
+                pipe.load_script(&history::APPEND).ignore();
+            }
+            for message in batch {
+                let channel = self.channel(message.group);
+                match message.history {
+                    Some(policy) => {
+                        let parts = MessageParts::new(message.group, message.data);
+                        let call =
+                            history::appending(&self.prefix, &channel, message.group, &parts, policy, None);
+                        pipe.invoke_script(&call);
+                    }
+                    None => {
+                        let mut payload = stamp().into_bytes();
+                        payload.extend_from_slice(protocol::message(message.group, message.data).as_bytes());
+                        pipe.cmd("PUBLISH").arg(channel).arg(payload);
+                    }
+                }
+            }
+            let replies: Vec<::redis::RedisResult<::redis::Value>> = run_pipeline(&self.pool, &pipe).await?;
+            Ok(replies
+                .into_iter()
+                .map(|reply| reply.map(drop).map_err(|e| Unavailable::from_error(e).into()))
+                .collect())
         })
     }
 

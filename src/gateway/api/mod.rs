@@ -9,6 +9,7 @@
 //! opens cannot publish through a loopback gateway. Errors are JSON,
 //! `{"ok":false,"error":{"code":..,"message":..}}`, with the codes of the WebSocket protocol.
 
+mod batch;
 mod publish;
 mod query;
 
@@ -30,7 +31,10 @@ use super::error::ApiError;
 use crate::protocol::ErrorCode;
 
 pub(super) fn router(gateway: &Arc<Gateway>) -> Router<Arc<Gateway>> {
-    let body_limit = DefaultBodyLimit::max(gateway.config.max_frame_bytes);
+    // A batch may be larger than one message; publish checks single messages against
+    // max_frame_bytes itself.
+    let body_limit =
+        DefaultBodyLimit::max(gateway.config.max_batch_bytes.max(gateway.config.max_frame_bytes));
     let api = Router::new()
         .route("/api/publish", post(publish::publish).layer(body_limit))
         .route("/api/history", get(query::history))
@@ -80,10 +84,11 @@ fn browser_check(gateway: &Gateway, headers: &HeaderMap) -> Result<(), ApiError>
     gateway.admission.check_origin(headers)?;
     let Some(content_type) = headers.get(header::CONTENT_TYPE) else { return Ok(()) };
     let essence = content_type.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
-    if essence.eq_ignore_ascii_case("application/json") {
+    if essence.eq_ignore_ascii_case("application/json") || essence.eq_ignore_ascii_case(publish::NDJSON) {
         return Ok(());
     }
-    let message = format!("Content-Type {essence:?} is not accepted: send application/json");
+    let message =
+        format!("Content-Type {essence:?} is not accepted: send application/json (or application/x-ndjson)");
     Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::BadRequest, message))
 }
 
