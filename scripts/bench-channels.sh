@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 count="${COUNT:-20000}"
 cargo build --release --quiet
 venv=target/test-venv
-[ -x "$venv/bin/python" ] || { python3 -m venv "$venv"; "$venv/bin/pip" install -q -r tests/channels/requirements.txt; }
+[ -x "$venv/bin/python" ] || { python3 -m venv "$venv"; "$venv/bin/pip" install -q -r tests/requirements.txt; }
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 redis_port=$(port); gateway_port=$(port); status_port=$(port)
 redis-server --port "$redis_port" --save "" --appendonly no --daemonize yes >/dev/null

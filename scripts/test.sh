@@ -2,7 +2,7 @@
 # Runs the whole test suite. The integration tests run redis-server, nginx, headless Chromium
 # (with chromedriver) and Python with the real Django Channels packages as real processes; what
 # is missing is installed first: Debian's packages (as root, or through sudo), and a Python
-# virtualenv in target/test-venv with tests/channels/requirements.txt from PyPI.
+# virtualenv in target/test-venv with tests/requirements.txt from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 venv=target/test-venv
-requirements=tests/channels/requirements.txt
+requirements=tests/requirements.txt
 if ! cmp -s "$requirements" "$venv/requirements.txt" 2>/dev/null; then
   echo "creating $venv" >&2
   rm -rf "$venv"
@@ -33,3 +33,4 @@ fi
 export TEST_VENV_PYTHON="$PWD/$venv/bin/python"
 
 cargo test "$@"
+"$venv/bin/python" -m pytest -q clients/python/tests
