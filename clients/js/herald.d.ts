@@ -76,6 +76,8 @@ export declare class HeraldClient extends EventTarget {
   readonly node: string | null;
   readonly clientId: string | null;
   connect(): void;
+  /** Uses `token` from now on; reconnects at once when connected. Resolves once open. */
+  authenticate(token: string | (() => string | Promise<string>)): Promise<void>;
   close(): void;
   /** Remembers `group` at once; joins it when the connection opens and after every reconnect. */
   subscribe(group: string): Promise<SubscribeResult | undefined>;

@@ -76,6 +76,23 @@ export class HeraldClient extends EventTarget {
     if (!this._ws) this._open();
   }
 
+  /**
+   * Uses `token` (a JWT, or a function giving one before each connection) from now on. When
+   * connected, reconnects at once so the server sees the new identity; resolves once open.
+   */
+  async authenticate(token) {
+    this.options.token = token;
+    if (this._ws) {
+      const ws = this._ws;
+      this._ws = null;
+      ws.onclose = ws.onmessage = null;
+      ws.close(1000);
+      this._failPending();
+      this._open();
+    }
+    if (this.state !== "open") await this._whenOpen();
+  }
+
   /** Closes for good: no reconnect; requests waiting for a connection fail. */
   close() {
     this._stopped = true;
@@ -217,8 +234,7 @@ export class HeraldClient extends EventTarget {
   _closed(ws, event) {
     if (ws !== this._ws) return;
     this._ws = null;
-    for (const pending of this._pending.values()) pending.reject(new HeraldError("disconnected"));
-    this._pending.clear();
+    this._failPending();
     this._emit("disconnect", { code: event.code, reason: event.reason });
     if (this._stopped || TERMINAL_CLOSES.has(event.code)) {
       this.close();
@@ -229,6 +245,12 @@ export class HeraldClient extends EventTarget {
     const cap = Math.min(this.options.maxDelay, this.options.minDelay * 2 ** this._attempt);
     this._attempt += 1;
     this._timer = setTimeout(() => this._open(), Math.random() * cap);
+  }
+
+  /** Requests in flight on a connection that is gone fail with `disconnected`. */
+  _failPending() {
+    for (const pending of this._pending.values()) pending.reject(new HeraldError("disconnected"));
+    this._pending.clear();
   }
 
   /** Sends `message` once the connection is open (waiting at most `requestTimeout`). */

@@ -139,6 +139,10 @@ pub struct Config {
     pub channels: Option<ChannelsConfig>,
     /// Hooks to the application's backend.
     pub proxy: ProxyConfig,
+    /// Serve `POST /demo/token`, which signs a token for any name with `auth_hmac_secret`, so
+    /// the demo page shows who is there. Standalone turns it on when it runs without keys of
+    /// its own (with a random secret); never turn it on for a real deployment.
+    pub demo_tokens: bool,
 }
 
 impl Default for Config {
@@ -177,6 +181,7 @@ impl Default for Config {
             jobs: Vec::new(),
             channels: None,
             proxy: ProxyConfig::default(),
+            demo_tokens: false,
         }
     }
 }

@@ -28,6 +28,14 @@ impl Mode {
             }
             Mode::Scheduler => {}
             Mode::Standalone => {
+                let keyless = config.auth_hmac_secret.is_none() && config.auth_public_key_file.is_none();
+                if config.auth.is_none() && keyless {
+                    // The demo page signs in with a name (a token from `/demo/token`, signed
+                    // with a secret of this process); clients without one stay anonymous.
+                    config.auth = Some(AuthMode::Optional);
+                    config.auth_hmac_secret = Some(format!("{:032x}", rand::random::<u128>()));
+                    config.demo_tokens = true;
+                }
                 config.auth.get_or_insert(AuthMode::Off);
                 config.allowed_origins.extend(LOCAL_ORIGINS.iter().map(|o| o.to_string()));
                 // The demo chat publishes from the browser, recovers after reconnects and shows

@@ -33,6 +33,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             .to_lowercase(),
         ));
     }
+    if config.demo_tokens && config.auth_hmac_secret.is_none() {
+        return Err(invalid("demo_tokens", "needs auth_hmac_secret to sign with"));
+    }
     if config.auth_hmac_secret.as_ref().is_some_and(|s| s.len() < 16) {
         return Err(invalid("auth_hmac_secret", "must be at least 16 bytes"));
     }

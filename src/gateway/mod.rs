@@ -212,7 +212,7 @@ impl Gateway {
 
 fn router(gateway: Arc<Gateway>) -> Router {
     let mut router = Router::new()
-        .merge(demo::router())
+        .merge(demo::router(&gateway))
         .merge(api::router(&gateway))
         .route("/ws", axum::routing::get(session::generic));
     for route in &gateway.routes {

@@ -64,3 +64,46 @@ impl Drop for Chromedriver {
         let _ = self.child.wait();
     }
 }
+
+/// The demo page's view of one browser.
+pub struct Page(pub fantoccini::Client);
+
+impl Page {
+    pub async fn text(&self, id: &str) -> String {
+        self.0.find(fantoccini::Locator::Id(id)).await.unwrap().text().await.unwrap()
+    }
+
+    pub async fn type_into(&self, id: &str, text: &str) {
+        let field = self.0.find(fantoccini::Locator::Id(id)).await.unwrap();
+        field.clear().await.unwrap();
+        field.send_keys(text).await.unwrap();
+    }
+
+    pub async fn click(&self, id: &str) {
+        self.0.find(fantoccini::Locator::Id(id)).await.unwrap().click().await.unwrap();
+    }
+
+    /// The node named in the status line, once connected.
+    pub async fn node(&self) -> Option<String> {
+        let status = self.text("status").await;
+        let rest = status.strip_prefix("connected to node ")?;
+        Some(rest.split_whitespace().next()?.to_string())
+    }
+
+    /// The chat lines (`user: text`) in the message list.
+    pub async fn chat_lines(&self) -> Vec<String> {
+        self.text("log").await.lines().filter(|l| l.contains(": ")).map(String::from).collect()
+    }
+
+    pub async fn join(&self, name: &str) {
+        eventually("the page connects", || async { self.node().await.is_some() }).await;
+        self.type_into("name", name).await;
+        self.click("joinBtn").await;
+        eventually("joined", || async { self.text("log").await.contains("joined chat.lobby") }).await;
+    }
+
+    pub async fn say(&self, text: &str) {
+        self.type_into("text", text).await;
+        self.click("sendBtn").await;
+    }
+}

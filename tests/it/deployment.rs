@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use serde_json::{Value, json};
 use serde_yaml_ng::Value as Yaml;
 
-use crate::browser::{Chromedriver, installed};
+use crate::browser::{Chromedriver, Page, installed};
 use crate::harness::{Client, GatewayProcess, Process, Redis, eventually, free_port, http};
 
 fn repo_file(path: &str) -> String {
@@ -230,49 +230,6 @@ async fn topology_history(topology: &Topology) -> Value {
     let (status, history) = http(topology.nginx.addr, "GET", "/api/history?group=chat.ops", &key, "").await;
     assert_eq!(status, 200, "{history}");
     history
-}
-
-/// The demo page's view of one browser.
-struct Page(fantoccini::Client);
-
-impl Page {
-    async fn text(&self, id: &str) -> String {
-        self.0.find(fantoccini::Locator::Id(id)).await.unwrap().text().await.unwrap()
-    }
-
-    async fn type_into(&self, id: &str, text: &str) {
-        let field = self.0.find(fantoccini::Locator::Id(id)).await.unwrap();
-        field.clear().await.unwrap();
-        field.send_keys(text).await.unwrap();
-    }
-
-    async fn click(&self, id: &str) {
-        self.0.find(fantoccini::Locator::Id(id)).await.unwrap().click().await.unwrap();
-    }
-
-    /// The node named in the status line, once connected.
-    async fn node(&self) -> Option<String> {
-        let status = self.text("status").await;
-        let rest = status.strip_prefix("connected to node ")?;
-        Some(rest.split_whitespace().next()?.to_string())
-    }
-
-    /// The chat lines (`user: text`) in the message list.
-    async fn chat_lines(&self) -> Vec<String> {
-        self.text("log").await.lines().filter(|l| l.contains(": ")).map(String::from).collect()
-    }
-
-    async fn join(&self, name: &str) {
-        eventually("the page connects", || async { self.node().await.is_some() }).await;
-        self.type_into("name", name).await;
-        self.click("joinBtn").await;
-        eventually("joined", || async { self.text("log").await.contains("joined chat.lobby") }).await;
-    }
-
-    async fn say(&self, text: &str) {
-        self.type_into("text", text).await;
-        self.click("sendBtn").await;
-    }
 }
 
 #[tokio::test]

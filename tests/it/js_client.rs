@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::browser::Chromedriver;
+use crate::browser::{Chromedriver, Page};
 use crate::harness::{GatewayProcess, Redis, eventually};
 
 fn gateway_toml(redis: &Redis) -> String {
@@ -99,4 +99,36 @@ async fn the_readme_usage_works_and_requests_wait_across_a_reconnect() {
     assert_eq!(timed_out, json!("timeout"));
     let _ = page.close().await;
     let _ = std::fs::remove_dir_all(&profile);
+}
+
+#[tokio::test]
+async fn the_standalone_demo_shows_who_is_here_by_name() {
+    let port = crate::harness::free_port();
+    let _standalone =
+        crate::harness::Process::spawn(&["standalone", "--listen", &format!("127.0.0.1:{port}")], "");
+    eventually("standalone listens", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    let driver = Chromedriver::start().await;
+    let profiles = std::env::temp_dir().join(format!("herald-demo-names-{}", std::process::id()));
+    let ann = Page(driver.browser(&profiles.join("ann")).await);
+    let bob = Page(driver.browser(&profiles.join("bob")).await);
+    for (page, name) in [(&ann, "Ann"), (&bob, "Bob")] {
+        page.0.goto(&format!("http://127.0.0.1:{port}/")).await.unwrap();
+        page.join(name).await;
+    }
+    for page in [&ann, &bob] {
+        eventually("both names are listed", || async {
+            let who = page.text("who").await;
+            who.contains("Ann (node") && who.contains("Bob (node")
+        })
+        .await;
+    }
+    ann.say("hi bob").await;
+    eventually("bob reads it", || async { bob.chat_lines().await == ["Ann: hi bob"] }).await;
+    for page in [ann, bob] {
+        let _ = page.0.close().await;
+    }
+    let _ = std::fs::remove_dir_all(profiles);
 }
