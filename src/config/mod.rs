@@ -355,7 +355,8 @@ mod tests {
         Jail::expect_with(|jail| {
             let load = |mode| Config::load(None, Overrides::default(), mode);
             let standalone = load(Mode::Standalone).unwrap();
-            assert_eq!(standalone.auth_mode(), AuthMode::Off);
+            assert_eq!(standalone.auth_mode(), AuthMode::Optional, "anonymous or a demo name");
+            assert!(standalone.demo_tokens && standalone.auth_hmac_secret.is_some());
             assert!(standalone.namespace("chat").client_publish && standalone.namespace("chat").presence);
             assert_eq!(standalone.jobs.len(), 2, "the demo jobs");
             assert!(load(Mode::Gateway).unwrap_err().message().starts_with("redis_url:"));
