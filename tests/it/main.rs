@@ -6,6 +6,7 @@ mod browser;
 mod channels;
 mod delivery;
 mod deployment;
+mod django_example;
 mod faults;
 mod harness;
 mod history;

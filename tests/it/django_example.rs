@@ -1,0 +1,138 @@
+//! `examples/django_chat` as a user meets it: Django (its dev server, the test virtualenv's
+//! Django and channels_redis) next to Herald standalone with the example's config, two headless
+//! Chromium browsers that log in with Django's login form, join a room and chat; the message is
+//! saved in Django's database, the scheduler pushes the dashboard, and an unchanged `group_send`
+//! announcement reaches the other browser.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::browser::{Chromedriver, Page};
+use crate::harness::{Process, Redis, eventually, free_port, python};
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/django_chat")
+}
+
+/// The example's Django app on a free port, with its own database; killed on drop.
+struct Django {
+    child: Child,
+    addr: SocketAddr,
+    env: Vec<(String, String)>,
+    db: PathBuf,
+}
+
+impl Django {
+    async fn start(redis: &Redis, herald: SocketAddr) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let db = std::env::temp_dir().join(format!(
+            "herald-django-{}-{}.sqlite3",
+            std::process::id(),
+            addr.port()
+        ));
+        let env = vec![
+            ("CHAT_DB".to_string(), db.display().to_string()),
+            ("CHAT_REDIS_URL".into(), format!("{}0", redis.url())),
+            ("CHAT_HERALD_WS_URL".into(), format!("ws://{herald}/ws")),
+        ];
+        for command in [&["migrate", "-v0"][..], &["demo_users"]] {
+            assert!(Self::manage(&env, command).status().unwrap().success(), "manage.py {command:?}");
+        }
+        let child = Self::manage(&env, &["runserver", &addr.to_string(), "--noreload"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let django = Self { child, addr, env, db };
+        eventually("django serves", || async { tokio::net::TcpStream::connect(addr).await.is_ok() }).await;
+        django
+    }
+
+    fn manage(env: &[(String, String)], args: &[&str]) -> Command {
+        let mut command = Command::new(python());
+        command.current_dir(example()).arg("manage.py").args(args).envs(env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    /// Runs Python in the app's Django shell and returns the last line it printed.
+    fn shell(&self, code: &str) -> String {
+        let output = Self::manage(&self.env, &["shell", "-c", code]).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).lines().last().unwrap_or_default().to_string()
+    }
+}
+
+impl Drop for Django {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.db);
+    }
+}
+
+/// Logs in with Django's login form and lands in the lobby, connected to Herald.
+async fn log_in(page: &Page, django: SocketAddr, user: &str) {
+    page.0.goto(&format!("http://{django}/accounts/login/?next=/room/lobby/")).await.unwrap();
+    page.type_into("id_username", user).await;
+    page.type_into("id_password", "herald-demo").await;
+    page.click("login").await;
+    eventually("connected to Herald", || async {
+        page.0.find(fantoccini::Locator::Id("status")).await.is_ok()
+            && page.text("status").await.starts_with("connected to node")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_django_example_chats_saves_pushes_and_announces() {
+    let redis = Redis::start().await;
+    let herald: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let django = Django::start(&redis, herald).await;
+    let config = std::fs::read_to_string(example().join("herald.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8001", &django.addr.to_string())
+        .replace("127.0.0.1:8000", &herald.to_string())
+        .replace("redis://127.0.0.1:6379/", &redis.url());
+    let _herald = Process::spawn(&["standalone"], &config);
+    eventually("herald listens", || async { tokio::net::TcpStream::connect(herald).await.is_ok() }).await;
+
+    let driver = Chromedriver::start().await;
+    let profiles = std::env::temp_dir().join(format!("herald-django-browsers-{}", std::process::id()));
+    let ann = Page(driver.browser(&profiles.join("ann")).await);
+    let bob = Page(driver.browser(&profiles.join("bob")).await);
+    log_in(&ann, django.addr, "ann").await;
+    log_in(&bob, django.addr, "bob").await;
+    for page in [&ann, &bob] {
+        eventually("both are here, by name", || async {
+            let who = page.text("who").await;
+            who.contains("ann") && who.contains("bob")
+        })
+        .await;
+    }
+
+    ann.type_into("text", "hello bob").await;
+    ann.click("sendBtn").await;
+    eventually("bob reads it", || async { bob.text("log").await.contains("ann: hello bob") }).await;
+    let saved = django.shell("from chat.models import Message; print(list(Message.objects.values_list('room', 'user__username', 'text')))");
+    assert_eq!(saved, "[('lobby', 'ann', 'hello bob')]", "the publish hook saved it");
+
+    eventually("the scheduler pushes the dashboard", || async {
+        bob.text("stats").await.contains("1 messages, 2 users")
+    })
+    .await;
+
+    ann.type_into("announcement", "tea is ready").await;
+    ann.click("announceBtn").await;
+    eventually("the group_send reaches bob through the bridge", || async {
+        bob.text("log").await.contains("announcement: tea is ready")
+    })
+    .await;
+
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("django-chat.png"), bob.0.screenshot().await.unwrap()).unwrap();
+    for page in [ann, bob] {
+        let _ = page.0.close().await;
+    }
+    let _ = std::fs::remove_dir_all(profiles);
+}
