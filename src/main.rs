@@ -118,7 +118,7 @@ async fn run_gateway(config: Config, with_scheduler: bool) -> anyhow::Result<()>
     let shutdown = CancellationToken::new();
     herald::shutdown::on_signal(shutdown.clone());
     let listen = config.listen;
-    let broker = if config.redis_url.is_some() { "redis" } else { "memory" };
+    let broker = config.redis().map_or_else(|| "memory".to_string(), |target| target.describe());
     let scheduler_config = with_scheduler.then(|| config.clone());
     let gateway = Gateway::new(config, shutdown.clone())?;
     let scheduler = scheduler_config.map(|config| Scheduler::in_process(&config, &gateway)).transpose()?;

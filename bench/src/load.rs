@@ -366,7 +366,7 @@ impl<'a> Publisher<'a> {
             Self::Redis { conn, prefix } => {
                 let mut pipe = redis::pipe();
                 for (group, data) in batch {
-                    pipe.cmd("PUBLISH")
+                    pipe.cmd("SPUBLISH")
                         .arg(herald::group_channel(prefix, group))
                         .arg(protocol::message(group, data).as_str())
                         .ignore();

@@ -63,6 +63,10 @@ pub(crate) struct HistoryState {
     pub(crate) now_ms: u64,
     /// When the broker's current data life began (ms, broker clock), if it can tell.
     pub(crate) life_began_ms: Option<u64>,
+    /// The epoch the current one continues after a takeover by another Redis timeline, and the
+    /// last offset of it that this timeline has (the fork): offsets after the fork in the old
+    /// epoch are gone; those before it are this epoch's too.
+    pub(crate) continues: Option<Position>,
 }
 
 /// What a client that left off at some position can be given.
@@ -90,11 +94,26 @@ impl HistoryState {
         if since.offset == here.offset && since.epoch == here.epoch {
             return Plan::Recover { after: since.offset };
         }
+        let covered = |offset: u64| {
+            offset <= self.top && (offset == self.top || (self.first != 0 && self.first <= offset + 1))
+        };
+        let continued = self.continues.as_ref().is_some_and(|fork| fork.epoch == since.epoch);
         match &self.epoch {
             Some((epoch, _)) if *epoch == since.epoch => {
-                let covered = since.offset <= self.top
-                    && (since.offset == self.top || (self.first != 0 && self.first <= since.offset + 1));
-                if covered { Plan::Recover { after: since.offset } } else { Plan::Lost }
+                if covered(since.offset) {
+                    Plan::Recover { after: since.offset }
+                } else {
+                    Plan::Lost
+                }
+            }
+            // Across a takeover: what the client has must be what this timeline has.
+            Some(_) if continued => {
+                let fork = self.continues.as_ref().map_or(0, |fork| fork.offset);
+                if since.offset <= fork && covered(since.offset) {
+                    Plan::Recover { after: since.offset }
+                } else {
+                    Plan::Lost
+                }
             }
             current => match waiting_epoch(since) {
                 Some(read_ms) if self.life_began_ms.is_some_and(|began| began + 1000 <= read_ms) => {
@@ -193,6 +212,7 @@ mod tests {
             first,
             now_ms: 5_000_000,
             life_began_ms: Some(0),
+            continues: None,
         }
     }
 
@@ -208,8 +228,30 @@ mod tests {
     }
 
     #[test]
+    fn a_takeover_recovers_positions_up_to_the_fork_only() {
+        // e0 reached 12 on the old master; the new one had it up to 10, and went on as e1.
+        let state = HistoryState {
+            continues: Some(Position { offset: 10, epoch: "e0".into() }),
+            ..with_history(14, 3, 0)
+        };
+        assert_eq!(state.plan(&since(9, "e0"), TTL), Plan::Recover { after: 9 });
+        assert_eq!(state.plan(&since(10, "e0"), TTL), Plan::Recover { after: 10 });
+        assert_eq!(state.plan(&since(12, "e0"), TTL), Plan::Lost, "11 and 12 are not this timeline's");
+        assert_eq!(state.plan(&since(1, "e0"), TTL), Plan::Lost, "2 was trimmed");
+        assert_eq!(state.plan(&since(13, "e1"), TTL), Plan::Recover { after: 13 });
+        assert_eq!(state.plan(&since(9, "e9"), TTL), Plan::Lost, "an older epoch");
+    }
+
+    #[test]
     fn a_waiting_epoch_recovers_the_first_history_after_it() {
-        let none = HistoryState { epoch: None, top: 0, first: 0, now_ms: 10_000, life_began_ms: Some(0) };
+        let none = HistoryState {
+            epoch: None,
+            top: 0,
+            first: 0,
+            now_ms: 10_000,
+            life_began_ms: Some(0),
+            continues: None,
+        };
         let waiting = none.position();
         assert_eq!(waiting, Position { offset: 0, epoch: "0-10000".into() });
         let since = since(0, &waiting.epoch);

@@ -11,7 +11,8 @@
 //! - [`Directory`]: which instances are alive.
 //!
 //! A [`Broker`] bundles one backend's implementations. It is chosen once, from config:
-//! [`memory`] when no `redis_url` is set (one instance only), [`redis`] otherwise.
+//! [`memory`] when no Redis is configured (one instance only), [`redis`] otherwise (one server,
+//! Sentinel or Cluster).
 //!
 //! # Delivery contract (Publisher + Subscriber)
 //!
@@ -105,9 +106,10 @@ pub(crate) trait Sink: Send + Sync + 'static {
     /// the broker's reader, which every group of the instance shares.
     fn deliver(&self, group: &str, frame: Utf8Bytes);
 
-    /// The broker lost its subscription and has just subscribed `groups` again, on a new
-    /// connection: messages published in between were not delivered. Called before any message
-    /// of the new connection; must not block.
+    /// The broker lost its subscription to `groups` (a lost connection, a failover, the groups'
+    /// slot moved to another shard) and has just subscribed them again: messages published in
+    /// between were not delivered. Called before any message of the new subscription; must not
+    /// block.
     fn resumed(&self, groups: &[GroupName]);
 }
 
@@ -233,7 +235,7 @@ pub(crate) struct Broker {
 }
 
 impl Broker {
-    /// The backend `config` names: Redis when `redis_url` is set, else in-memory. Messages of
+    /// The backend `config` names: Redis when it names one, else in-memory. Messages of
     /// subscribed groups go to `sink`; the Redis subscriber runs until `shutdown`.
     pub(crate) fn from_config(
         config: &Config,
@@ -241,8 +243,8 @@ impl Broker {
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
-        match &config.redis_url {
-            Some(url) => redis::start(url, &config.redis_prefix, sink, shutdown, metrics),
+        match config.redis() {
+            Some(target) => redis::start(&target, &config.redis_prefix, sink, shutdown, metrics),
             None => Ok(memory::MemoryBroker::start(sink)),
         }
     }

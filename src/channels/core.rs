@@ -183,13 +183,13 @@ async fn drain(bridge: &Bridge, stop: &CancellationToken) {
 
 type Queued = Vec<(Vec<u8>, f64)>;
 
-async fn in_flight_events(pool: &deadpool_redis::Pool, in_flight: &str) -> Result<Queued, Unavailable> {
+async fn in_flight_events(pool: &crate::redis::Pool, in_flight: &str) -> Result<Queued, Unavailable> {
     let mut cmd = ::redis::cmd("ZRANGE");
     cmd.arg(in_flight).arg(0).arg(-1).arg("WITHSCORES");
     query(pool, &cmd).await
 }
 
-async fn take(pool: &deadpool_redis::Pool, queue: &str, in_flight: &str) -> Result<Queued, Unavailable> {
+async fn take(pool: &crate::redis::Pool, queue: &str, in_flight: &str) -> Result<Queued, Unavailable> {
     let mut call = TAKE.key(queue);
     call.key(in_flight).arg(BATCH);
     invoke(pool, &call).await
@@ -199,7 +199,7 @@ async fn take(pool: &deadpool_redis::Pool, queue: &str, in_flight: &str) -> Resu
 /// Herald's broker refuses, dropping only those before it.
 async fn publish_batch(
     bridge: &Bridge,
-    pool: &deadpool_redis::Pool,
+    pool: &crate::redis::Pool,
     in_flight: &str,
     batch: &Queued,
 ) -> Result<(), Unavailable> {

@@ -58,7 +58,7 @@ const POLL_GROUPS: Duration = Duration::from_millis(500);
 
 /// One Redis host of the layer.
 struct Host {
-    pool: deadpool_redis::Pool,
+    pool: crate::redis::Pool,
     client: ::redis::Client,
 }
 
@@ -81,14 +81,15 @@ impl Layer {
     /// The layer of `config`, if it has a `[channels]` section.
     pub(crate) fn compile(config: &Config) -> Result<Option<Arc<Self>>, ConfigError> {
         let Some(channels) = &config.channels else { return Ok(None) };
+        let redis = config.redis();
         let hosts = channels
-            .hosts_or(config.redis_url.as_deref())
+            .hosts_or(redis.as_ref())
             .into_iter()
             .enumerate()
             .map(|(i, url)| {
                 let key = format!("channels.hosts[{i}]");
                 let client = ::redis::Client::open(url).map_err(|e| ConfigError::new(&key, e))?;
-                let pool = crate::redis::pool(url).map_err(|e| ConfigError::new(&key, e))?;
+                let pool = crate::redis::Pool::single(url).map_err(|e| ConfigError::new(&key, e))?;
                 Ok(Host { pool, client })
             })
             .collect::<Result<_, ConfigError>>()?;

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, invalid};
+use super::{ConfigError, RedisTarget, invalid};
 
 /// Which channels_redis layer the Django app runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,19 +80,24 @@ impl Default for ChannelsConfig {
 }
 
 impl ChannelsConfig {
-    /// The layer's hosts: the configured ones, or Herald's own Redis.
-    pub fn hosts_or<'a>(&'a self, redis_url: Option<&'a str>) -> Vec<&'a str> {
-        match self.hosts.is_empty() {
-            true => redis_url.into_iter().collect(),
-            false => self.hosts.iter().map(String::as_str).collect(),
+    /// The layer's hosts: the configured ones, or Herald's own Redis when that is one server
+    /// (channels_redis cannot use a Redis Cluster, and reaches Sentinel its own way).
+    pub fn hosts_or<'a>(&'a self, redis: Option<&'a RedisTarget>) -> Vec<&'a str> {
+        match (self.hosts.is_empty(), redis) {
+            (true, Some(RedisTarget::Single(url))) => vec![url.as_str()],
+            (true, _) => Vec::new(),
+            (false, _) => self.hosts.iter().map(String::as_str).collect(),
         }
     }
 }
 
-pub(super) fn validate(channels: &ChannelsConfig, redis_url: Option<&str>) -> Result<(), ConfigError> {
-    let hosts = channels.hosts_or(redis_url);
+pub(super) fn validate(channels: &ChannelsConfig, redis: Option<&RedisTarget>) -> Result<(), ConfigError> {
+    let hosts = channels.hosts_or(redis);
     if hosts.is_empty() {
-        return Err(invalid("channels.hosts", "give the layer's Redis hosts (or set redis_url)"));
+        return Err(invalid(
+            "channels.hosts",
+            "give the layer's Redis hosts (they default to redis_url, a single Redis)",
+        ));
     }
     for (i, host) in hosts.iter().enumerate() {
         ::redis::Client::open(*host).map_err(|e| invalid(format!("channels.hosts[{i}]"), e))?;

@@ -12,6 +12,7 @@ mod jobs;
 mod modes;
 mod namespaces;
 mod proxy;
+mod redis;
 mod routes;
 mod security;
 
@@ -30,6 +31,7 @@ pub use jobs::{HttpSourceConfig, JobConfig, SchedulerConfig};
 pub use modes::Mode;
 pub use namespaces::{MAX_HISTORY_SIZE, NamespaceConfig};
 pub use proxy::ProxyConfig;
+pub use redis::RedisTarget;
 pub use routes::RouteConfig;
 pub use security::AuthMode;
 
@@ -64,8 +66,17 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Worker threads of the process; 0: one per CPU core.
     pub workers: usize,
-    /// Redis URL; unset means the embedded in-memory broker (one instance only).
+    /// Redis URL; with no Redis at all (see [`RedisTarget`]), the embedded in-memory broker
+    /// (one instance only).
     pub redis_url: Option<String>,
+    /// Nodes of a Redis Cluster to start from, instead of `redis_url`.
+    #[serde(deserialize_with = "comma_list")]
+    pub redis_cluster_nodes: Vec<String>,
+    /// Sentinels watching the master (`redis_sentinel_master`), instead of `redis_url`.
+    #[serde(deserialize_with = "comma_list")]
+    pub redis_sentinels: Vec<String>,
+    /// The master's name among the sentinels.
+    pub redis_sentinel_master: Option<String>,
     /// Prefix of every Redis key and channel Herald uses.
     pub redis_prefix: String,
     /// This instance's id, shown to clients in `welcome`; random when not set.
@@ -151,6 +162,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             workers: 0,
             redis_url: None,
+            redis_cluster_nodes: Vec::new(),
+            redis_sentinels: Vec::new(),
+            redis_sentinel_master: None,
             redis_prefix: "herald".into(),
             node_id: random_node_id(),
             api_keys: Vec::new(),
@@ -222,9 +236,7 @@ impl Config {
 
     /// Checks what the types alone cannot; every error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(url) = &self.redis_url {
-            redis::Client::open(url.as_str()).map_err(|e| invalid("redis_url", e))?;
-        }
+        redis::validate(self)?;
         if self.workers > 1024 {
             return Err(invalid("workers", "must be at most 1024 (0: one per CPU core)"));
         }
@@ -261,7 +273,7 @@ impl Config {
         security::validate(self)?;
         proxy::validate(self)?;
         if let Some(bridge) = &self.channels {
-            channels::validate(bridge, self.redis_url.as_deref())?;
+            channels::validate(bridge, self.redis().as_ref())?;
         }
         jobs::validate(&self.jobs, &self.scheduler)
     }

@@ -57,10 +57,10 @@ impl Mode {
     /// What this mode needs that the config may not give.
     pub(super) fn check(self, config: &Config) -> Result<(), ConfigError> {
         match self {
-            Mode::Gateway | Mode::Scheduler if config.redis_url.is_none() => Err(ConfigError::new(
+            Mode::Gateway | Mode::Scheduler if config.redis().is_none() => Err(ConfigError::new(
                 "redis_url",
-                "this mode needs Redis (set HERALD_REDIS_URL); `herald standalone` runs one instance \
-                 on the in-memory broker",
+                "this mode needs Redis (set HERALD_REDIS_URL, HERALD_REDIS_CLUSTER_NODES or \
+                 HERALD_REDIS_SENTINELS); `herald standalone` runs one instance on the in-memory broker",
             )),
             _ => Ok(()),
         }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use crate::redis::Pool;
 use futures_util::future::BoxFuture;
 
 use crate::lock;

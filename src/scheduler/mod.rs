@@ -31,7 +31,7 @@ use crate::broker::{Directory, HistoryPolicy, Publisher};
 use crate::channels::{Bridge, Egress, Layer};
 use crate::config::{Config, ConfigError};
 use crate::metrics::{self, Metrics};
-use crate::redis::pool;
+use crate::redis::Pool;
 use coordinator::{Coordinator, MemoryCoordinator, RedisCoordinator};
 use job::Job;
 use prometheus_client::metrics::counter::Counter;
@@ -57,11 +57,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler process on Redis (`config.redis_url`, which a validated scheduler config
-    /// has): publishes and coordinates through one command pool.
+    /// A scheduler process on Redis (which a validated scheduler config names): publishes and
+    /// coordinates through one command pool.
     pub fn on_redis(config: &Config, metrics: Arc<Metrics>) -> Result<Self, StartError> {
-        let url = config.redis_url.as_deref().ok_or_else(|| ConfigError::new("redis_url", "is required"))?;
-        let pool = pool(url)?;
+        let target = config.redis().ok_or_else(|| ConfigError::new("redis_url", "is required"))?;
+        let pool = Pool::new(&target)?;
         let store = Arc::new(RedisStore::new(pool.clone(), &config.redis_prefix));
         let coordinator = Arc::new(RedisCoordinator::new(pool, &config.redis_prefix));
         Self::new(config, store.clone(), store, coordinator, metrics)
@@ -70,8 +70,8 @@ impl Scheduler {
     /// A scheduler inside a gateway process: publishes through the gateway's broker, and
     /// coordinates through Redis when there is one (else it is the only replica).
     pub fn in_process(config: &Config, gateway: &crate::gateway::Gateway) -> Result<Self, StartError> {
-        let coordinator: Arc<dyn Coordinator> = match &config.redis_url {
-            Some(url) => Arc::new(RedisCoordinator::new(pool(url)?, &config.redis_prefix)),
+        let coordinator: Arc<dyn Coordinator> = match config.redis() {
+            Some(target) => Arc::new(RedisCoordinator::new(Pool::new(&target)?, &config.redis_prefix)),
             None => Arc::new(MemoryCoordinator::default()),
         };
         let broker = gateway.hub().broker();

@@ -78,30 +78,31 @@ async fn messages_of_one_publisher_arrive_in_order_everywhere() {
 async fn unsubscribing_stops_delivery_and_the_last_member_drops_the_redis_subscription() {
     let redis = Redis::start().await;
     let node = Node::ready(chat_config(&redis, "gw-1")).await;
-    let channel = "herald:group:chat.unsub";
+    let channel = "herald:group:{chat.unsub}";
     let mut a = node.client().await;
     let mut b = node.client().await;
     a.subscribe("chat.unsub").await;
     b.subscribe("chat.unsub").await;
     a.subscribe("chat.unsub").await; // idempotent
-    assert_eq!(redis.numsub(channel).await, 1, "one subscription per instance, not per member");
+    assert_eq!(redis.shard_numsub(channel).await, 1, "one subscription per instance, not per member");
 
     a.unsubscribe("chat.unsub").await;
     a.unsubscribe("chat.unsub").await; // idempotent
-    assert_eq!(redis.numsub(channel).await, 1, "b is still a member");
+    assert_eq!(redis.shard_numsub(channel).await, 1, "b is still a member");
     node.publish("chat.unsub", json!("after")).await;
     assert_eq!(b.message().await.1, json!("after"));
     a.assert_no_message().await;
 
     b.unsubscribe("chat.unsub").await;
-    eventually("subscription dropped", || async { redis.numsub(channel).await == 0 }).await;
+    eventually("subscription dropped", || async { redis.shard_numsub(channel).await == 0 }).await;
 
     // A member that disconnects leaves too.
     let mut c = node.client().await;
     c.subscribe("chat.unsub").await;
-    assert_eq!(redis.numsub(channel).await, 1);
+    assert_eq!(redis.shard_numsub(channel).await, 1);
     c.close().await;
-    eventually("subscription dropped on disconnect", || async { redis.numsub(channel).await == 0 }).await;
+    eventually("subscription dropped on disconnect", || async { redis.shard_numsub(channel).await == 0 })
+        .await;
 }
 
 #[tokio::test]
@@ -130,7 +131,7 @@ async fn one_publish_per_message_whatever_the_member_and_instance_count() {
             clients.push(client);
         }
     }
-    let before = redis.command_calls("publish").await;
+    let before = redis.command_calls("spublish").await;
     for i in 0..10 {
         assert_eq!(nodes[i % 3].publish("chat.count", json!(i)).await.0, 200);
     }
@@ -139,7 +140,7 @@ async fn one_publish_per_message_whatever_the_member_and_instance_count() {
             assert_eq!(client.message().await.1, json!(i));
         }
     }
-    assert_eq!(redis.command_calls("publish").await - before, 10);
+    assert_eq!(redis.command_calls("spublish").await - before, 10);
 }
 
 #[tokio::test]

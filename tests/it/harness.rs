@@ -83,35 +83,13 @@ impl Redis {
 
     /// Starts the server on `self.port`; false if it did not come up (port taken).
     async fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while tokio::time::Instant::now() < deadline {
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
-                self.child = None;
-                return false;
-            }
-            if self.try_query(&["PING"]).await.is_ok() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.kill();
-        false
+        let port = self.port.to_string();
+        self.child = start_server(
+            &["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            self.port,
+        )
+        .await;
+        self.child.is_some()
     }
 
     pub fn url(&self) -> String {
@@ -132,18 +110,8 @@ impl Redis {
         assert!(self.spawn().await, "redis-server did not restart on port {}", self.port);
     }
 
-    async fn try_query(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(self.url())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let mut cmd = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            cmd.arg(*arg);
-        }
-        cmd.query_async(&mut conn).await
-    }
-
     pub async fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
-        let value = self.try_query(args).await.expect("redis query");
+        let value = query_port(self.port, args).await.expect("redis query");
         redis::from_redis_value(value).expect("redis reply type")
     }
 
@@ -164,6 +132,12 @@ impl Redis {
         reply.1
     }
 
+    /// Subscribers of one Redis shard channel (`PUBSUB SHARDNUMSUB`), as gateways hold them.
+    pub async fn shard_numsub(&self, channel: &str) -> i64 {
+        let reply: (String, i64) = self.query(&["PUBSUB", "SHARDNUMSUB", channel]).await;
+        reply.1
+    }
+
     /// Calls of one command since start, from `INFO commandstats`.
     pub async fn command_calls(&self, command: &str) -> u64 {
         let info: String = self.query(&["INFO", "commandstats"]).await;
@@ -178,6 +152,41 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Runs `redis-server` with `args` and waits until it answers `PING` on `port`; `None` if it
+/// exited or did not answer in 5 s (killed then).
+pub async fn start_server(args: &[&str], port: u16) -> Option<Child> {
+    let mut child = Command::new("redis-server")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        if query_port(port, &["PING"]).await.is_ok() {
+            return Some(child);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// One command to the Redis (or sentinel) on `port` of this host.
+pub async fn query_port(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(&mut conn).await
 }
 
 /// A config for a test gateway: loopback, port 0, the given Redis (or in-memory).
@@ -529,7 +538,7 @@ pub struct InProcessScheduler {
 
 impl InProcessScheduler {
     pub fn start(config: &Config) -> Self {
-        assert!(config.redis_url.is_some(), "scheduler tests use redis");
+        assert!(config.redis().is_some(), "scheduler tests use redis");
         let metrics = Arc::new(Metrics::default());
         let scheduler = Arc::new(Scheduler::on_redis(config, metrics).expect("valid scheduler config"));
         let shutdown = CancellationToken::new();

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Client, Node, Redis, config, http, metric};
 
-fn feed() -> NamespaceConfig {
+pub(crate) fn feed() -> NamespaceConfig {
     NamespaceConfig { history_size: 1000, client_publish: true, ..NamespaceConfig::default() }
 }
 
@@ -27,8 +27,8 @@ async fn feed_node(redis: &Redis, id: &str) -> Node {
 }
 
 /// Publishes `count` messages `{"seq": n}` to `group` through `node`, a few milliseconds apart.
-fn publish_steadily(node: &Node, group: &'static str, count: u64) -> tokio::task::JoinHandle<()> {
-    let addr = node.addr;
+pub(crate) fn publish_steadily(node: &Node, group: &str, count: u64) -> tokio::task::JoinHandle<()> {
+    let (addr, group) = (node.addr, group.to_string());
     tokio::spawn(async move {
         for seq in 0..count {
             let body = json!({"group": group, "data": {"seq": seq}}).to_string();
@@ -43,7 +43,7 @@ fn publish_steadily(node: &Node, group: &'static str, count: u64) -> tokio::task
 
 /// The `seq` of every message `client` receives until it has `count`, asserting offsets go up
 /// by one with no `recovered` notice in between.
-async fn read_all(client: &mut Client, count: u64) -> Vec<u64> {
+pub(crate) async fn read_all(client: &mut Client, count: u64) -> Vec<u64> {
     let mut seqs = Vec::new();
     let mut last_offset = None;
     while (seqs.len() as u64) < count {

@@ -100,6 +100,7 @@ impl Logs {
             first: log.and_then(|log| log.messages.front()).map_or(0, |(offset, _)| *offset),
             now_ms: now_ms(),
             life_began_ms: Some(self.life_began_ms),
+            continues: None,
         }
     }
 

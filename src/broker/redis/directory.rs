@@ -2,18 +2,19 @@
 //! instances' clocks do not matter) and a hash of their JSON descriptions. Writers re-add their
 //! entries before they expire; reading drops the expired ones, so a crashed instance leaves no
 //! ghosts. Two directories use it: presence per group (`<p>:presence:{<group>}` and
-//! `…:info`), and the cluster's live nodes (`<p>:nodes`, `<p>:nodes:info`).
+//! `…:info`), and the deployment's live nodes (`<p>:{nodes}`, `<p>:{nodes}:info`). A
+//! directory's two keys share a hash tag, so each script touches one Redis Cluster slot.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use crate::redis::Pool;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::group::GroupName;
 use crate::protocol::ClientInfo;
-use crate::redis::{Unavailable, invoke, invoke_all};
+use crate::redis::{Unavailable, invoke, invoke_all, slot};
 
 /// Groups whose presence one heartbeat pipeline refreshes.
 const PIPELINE_GROUPS: usize = 256;
@@ -81,9 +82,9 @@ impl Directory {
         Self { info: format!("{set}:info"), set }
     }
 
-    /// The cluster's live gateway instances.
+    /// The deployment's live gateway instances.
     pub(super) fn nodes(prefix: &str) -> Self {
-        Self { set: format!("{prefix}:nodes"), info: format!("{prefix}:nodes:info") }
+        Self { set: format!("{prefix}:{{nodes}}"), info: format!("{prefix}:{{nodes}}:info") }
     }
 
     /// Adds or refreshes `(id, description)` entries for `ttl`.
@@ -115,8 +116,8 @@ impl Directory {
         any.then_some(call)
     }
 
-    /// Refreshes the presence entries of many groups, one pipeline per chunk of groups, the
-    /// chunks in flight together.
+    /// Refreshes the presence entries of many groups, one pipelined batch per chunk of groups,
+    /// the chunks in flight together.
     pub(super) async fn refresh_presence(
         pool: &Pool,
         prefix: &str,
@@ -126,7 +127,9 @@ impl Directory {
         let calls: Vec<_> = groups
             .iter()
             .filter_map(|(group, clients)| {
-                Self::presence(prefix, group).setting(clients.iter().map(|c| (c.client.as_str(), c)), ttl)
+                let directory = Self::presence(prefix, group);
+                let call = directory.setting(clients.iter().map(|c| (c.client.as_str(), c)), ttl)?;
+                Some((slot(&directory.set), call))
             })
             .collect();
         let pipelines = calls.chunks(PIPELINE_GROUPS).map(|chunk| invoke_all(pool, &SET, chunk));

@@ -1,16 +1,25 @@
-//! Group history in Redis: a hash `<p>:history:{<group>}:meta` (`epoch`, `started`, `offset`) and
-//! a stream `<p>:history:{<group>}:stream` whose entry ids are `0-<offset>`, so reading "after
-//! offset N" is one `XRANGE (0-N +`. The braces are a Redis Cluster hash tag: a group's keys stay
-//! on one shard. Appending and publishing is one script, so every frame in the stream was
-//! published exactly once, in offset order. Reads create nothing: a group's keys appear with its
-//! first publish.
+//! Group history in Redis: a hash `<p>:history:{<group>}:meta` (`epoch`, `started`, `offset`,
+//! `line`, and after a takeover `prev` and `fork`) and a stream `<p>:history:{<group>}:stream`
+//! whose entry ids are `0-<offset>`, so reading "after offset N" is one `XRANGE (0-N +`. The
+//! braces are a Redis Cluster hash tag: a group's keys stay on one shard. Appending and
+//! publishing is one script, so every frame in the stream was published exactly once, in offset
+//! order. Reads create nothing: a group's keys appear with its first publish.
+//!
+//! **Timelines.** Redis replicates asynchronously: a replica promoted after its master died (or a
+//! master restarted from an older snapshot) may lack the last messages clients were already
+//! given, and would hand their offsets out again to new messages. So each append notes the
+//! replication id of the server it runs on (`line`); the first append on another one (a
+//! failover, a restart, the group's slot moved to another shard) starts a new epoch that
+//! continues the offsets, and records the old epoch (`prev`) and the last offset this server has
+//! of it (`fork`). A client at or before the fork is recovered across the takeover; one past it
+//! saw messages that are gone, and is told.
 
 use std::sync::LazyLock;
 
+use crate::redis::Pool;
 use axum::extract::ws::Utf8Bytes;
-use deadpool_redis::Pool;
 
-use crate::broker::history::{HistoryState, Page};
+use crate::broker::history::{HistoryState, Page, Position};
 use crate::broker::{BrokerError, HistoryPolicy, ONCE_WINDOW, new_epoch};
 use crate::group::GroupName;
 use crate::protocol::MessageParts;
@@ -24,45 +33,52 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 /// KEYS: meta, stream, and optionally a once-key. ARGV: epoch candidate, ttl ms, channel, head,
 /// middle, tail, size, stamp, once window ms. Starts an epoch when the group has none (first
-/// publish, expired, or Redis lost its data). With a once-key that exists already, publishes
-/// nothing and returns 0.
+/// publish, expired, or Redis lost its data), or continues the offsets under a new one on
+/// another timeline. With a once-key that exists already, publishes nothing and returns 0.
 pub(super) static APPEND: LazyLock<::redis::Script> = LazyLock::new(|| {
     ::redis::Script::new(&format!(
         r"{NOW}
 if KEYS[3] and not redis.call('SET', KEYS[3], 1, 'NX', 'PX', ARGV[9]) then
   return 0
 end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local line = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'line', 'offset')
+local epoch = meta[1]
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'started', now, 'offset', 0)
+  redis.call('HDEL', KEYS[1], 'prev', 'fork')
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'started', now, 'offset', 0, 'line', line)
+elseif meta[2] ~= line then
+  redis.call('HSET', KEYS[1], 'prev', epoch, 'fork', meta[3], 'epoch', ARGV[1], 'line', line)
+  epoch = ARGV[1]
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local frame = ARGV[4] .. offset .. ARGV[5] .. epoch .. ARGV[6]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. offset, 'f', frame)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[8] .. frame)
+redis.call('SPUBLISH', ARGV[3], ARGV[8] .. frame)
 return offset"
     ))
 });
 
-/// KEYS: meta, stream. Returns epoch ('' when none), started, top, first retained, now, and when
+/// KEYS: meta, stream. Returns epoch ('' when none), started, top, first retained, now, when
 /// Redis's data life began (`LASTSAVE`, which a restart resets, in ms; -1 where the ACL does not
-/// allow it).
+/// allow it), and the epoch this one continues ('' when none) with its last offset here.
 static STATE: LazyLock<::redis::Script> = LazyLock::new(|| {
     ::redis::Script::new(&format!(
         r"{NOW}
 local life = redis.pcall('LASTSAVE')
 if type(life) == 'number' then life = life * 1000 else life = -1 end
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'started', 'offset')
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'started', 'offset', 'prev', 'fork')
 local first = 0
 if meta[1] then
   local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
   if #oldest > 0 then first = tonumber(string.sub(oldest[1][1], 3)) end
 end
-return {{meta[1] or '', tonumber(meta[2] or 0), tonumber(meta[3] or 0), first, now, life}}"
+return {{meta[1] or '', tonumber(meta[2] or 0), tonumber(meta[3] or 0), first, now, life, meta[4] or '',
+  tonumber(meta[5] or 0)}}"
     ))
 });
 
@@ -142,10 +158,19 @@ pub(super) async fn state(pool: &Pool, prefix: &str, group: &GroupName) -> Resul
     let (meta, stream) = keys(prefix, group);
     let mut call = STATE.key(meta);
     call.key(stream);
-    let (epoch, started, top, first, now_ms, life): (String, u64, u64, u64, u64, i64) =
-        invoke(pool, &call).await?;
+    let (epoch, started, top, first, now_ms, life, prev, fork): (
+        String,
+        u64,
+        u64,
+        u64,
+        u64,
+        i64,
+        String,
+        u64,
+    ) = invoke(pool, &call).await?;
     let epoch = (!epoch.is_empty()).then_some((epoch, started));
-    Ok(HistoryState { epoch, top, first, now_ms, life_began_ms: u64::try_from(life).ok() })
+    let continues = (!prev.is_empty()).then_some(Position { offset: fork, epoch: prev });
+    Ok(HistoryState { epoch, top, first, now_ms, life_began_ms: u64::try_from(life).ok(), continues })
 }
 
 /// Up to `limit` messages of `epoch` after `after`, about `max_bytes` at most; `None` when the

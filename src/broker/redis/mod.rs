@@ -1,12 +1,15 @@
-//! Redis backend: pooled commands for publishing and keyed state, one dedicated pub/sub
-//! connection for receiving.
+//! Redis backend (one server, a Sentinel-watched master, or a Cluster): pooled commands for
+//! publishing and keyed state, the instance's own sharded pub/sub connections for receiving.
 //!
-//! Publishing ([`RedisStore`]) is one `PUBLISH <prefix>:group:<group> <frame>` (or one history
-//! script) on a connection from the command pool, which history, presence and the directory use
-//! too. Receiving runs in the [`subscriber`] task, which owns the instance's only pub/sub
-//! connection: the hub's subscribe/unsubscribe calls reach it through an unbounded channel (so
-//! they never block and stay in call order), and it reconnects with backoff and resubscribes
-//! every wanted group when Redis comes back.
+//! Publishing ([`RedisStore`]) is one `SPUBLISH <prefix>:group:{<group>} <frame>` (or one
+//! history script) on a connection from the command pool, which history, presence and the
+//! directory use too. A group's channel and keys share the hash tag `{<group>}`: on a Cluster
+//! they live on one shard, each script touches one slot, and a message travels only through the
+//! shard that owns its group, so shards add pub/sub capacity. Receiving runs in the
+//! [`subscriber`] task, which holds one pub/sub connection per master: the hub's
+//! subscribe/unsubscribe calls reach it through an unbounded channel (so they never block and
+//! stay in call order), and it follows failovers and slot moves, resubscribing every wanted
+//! group where its slot is served now.
 
 mod directory;
 mod history;
@@ -16,7 +19,6 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
-use deadpool_redis::Pool;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
@@ -24,25 +26,26 @@ use super::{
     Answer, Broker, BrokerError, Directory, History, HistoryPolicy, HistoryState, NodeInfo, ONCE_WINDOW,
     Outgoing, Page, Presence, Publisher, Sink, publish_plain,
 };
-use crate::config::ConfigError;
+use crate::config::{ConfigError, RedisTarget};
 use crate::group::GroupName;
 use crate::metrics::Metrics;
 use crate::protocol::{self, ClientInfo, MessageParts};
-use crate::redis::{Unavailable, invoke, query, run_pipeline};
+use crate::redis::{Nodes, Pool, Unavailable, invoke, query, run_all, script_command, slot};
 use directory::Directory as Keys;
 
-/// The broker of a gateway on the Redis at `url`. Redis need not be reachable yet: the
-/// subscriber reports not ready and keeps retrying until it is. Fails only on a bad URL.
+/// The broker of a gateway on `target`. Redis need not be reachable yet: the subscriber reports
+/// not ready and keeps retrying until it is. Fails only on a bad URL.
 pub(crate) fn start(
-    url: &str,
+    target: &RedisTarget,
     prefix: &str,
     sink: Arc<dyn Sink>,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
 ) -> Result<Broker, ConfigError> {
-    let client = ::redis::Client::open(url).map_err(|e| ConfigError::new("redis_url", e))?;
-    let store = Arc::new(RedisStore::new(crate::redis::pool(url)?, prefix));
-    let subscriber = subscriber::start(client, channel_prefix(prefix), sink, shutdown, metrics);
+    let pool = Pool::new(target)?;
+    let nodes = Nodes::new(target, &pool)?;
+    let store = Arc::new(RedisStore::new(pool, prefix));
+    let subscriber = subscriber::start(nodes, channel_prefix(prefix), sink, shutdown, metrics);
     Ok(Broker {
         publisher: store.clone(),
         subscriber: Arc::new(subscriber),
@@ -52,14 +55,16 @@ pub(crate) fn start(
     })
 }
 
-/// The Redis channel a group's messages travel on: `<prefix>:group:<group>`. Anything that
-/// publishes to Herald's groups straight through Redis (the load tool does) uses this name.
+/// The Redis shard channel a group's messages travel on: `<prefix>:group:{<group>}`, in the
+/// group's hash slot. Anything that publishes to Herald's groups straight through Redis (the
+/// load tool does) sends `SPUBLISH` to this name.
 pub fn group_channel(prefix: &str, group: &GroupName) -> String {
-    format!("{}{group}", channel_prefix(prefix))
+    format!("{}{group}}}", channel_prefix(prefix))
 }
 
+/// What every group channel starts with: `<prefix>:group:{`.
 fn channel_prefix(prefix: &str) -> Arc<str> {
-    format!("{prefix}:group:").into()
+    format!("{prefix}:group:{{").into()
 }
 
 /// Publishing, history, presence and the node directory, on pooled connections. A process that
@@ -68,7 +73,7 @@ pub(crate) struct RedisStore {
     pool: Pool,
     /// The configured key prefix (`redis_prefix`).
     prefix: String,
-    /// `<prefix>:group:`, prepended to a group name to form its Redis channel.
+    /// `<prefix>:group:{`, the start of every group channel.
     channel_prefix: Arc<str>,
 }
 
@@ -78,7 +83,7 @@ impl RedisStore {
     }
 
     fn channel(&self, group: &GroupName) -> String {
-        format!("{}{}", self.channel_prefix, group)
+        format!("{}{group}}}", self.channel_prefix)
     }
 }
 
@@ -104,7 +109,7 @@ fn unstamp(payload: &[u8]) -> (Option<SystemTime>, &[u8]) {
 impl Publisher for RedisStore {
     fn broadcast<'a>(&'a self, group: &'a GroupName, frame: Utf8Bytes) -> Answer<'a, ()> {
         Box::pin(async move {
-            let mut cmd = ::redis::cmd("PUBLISH");
+            let mut cmd = ::redis::cmd("SPUBLISH");
             let mut payload = stamp().into_bytes();
             payload.extend_from_slice(frame.as_bytes());
             cmd.arg(self.channel(group)).arg(payload);
@@ -129,28 +134,36 @@ impl Publisher for RedisStore {
 
     fn publish_all<'a>(&'a self, batch: &'a [Outgoing<'a>]) -> Answer<'a, Vec<Result<(), BrokerError>>> {
         Box::pin(async move {
-            let mut pipe = ::redis::pipe();
-            pipe.ignore_errors();
-            if batch.iter().any(|m| m.history.is_some()) {
-                pipe.load_script(&history::APPEND).ignore();
-            }
-            for message in batch {
-                let channel = self.channel(message.group);
-                match message.history {
-                    Some(policy) => {
-                        let parts = MessageParts::new(message.group, message.data);
-                        let call =
-                            history::appending(&self.prefix, &channel, message.group, &parts, policy, None);
-                        pipe.invoke_script(&call);
-                    }
-                    None => {
-                        let mut payload = stamp().into_bytes();
-                        payload.extend_from_slice(protocol::message(message.group, message.data).as_bytes());
-                        pipe.cmd("PUBLISH").arg(channel).arg(payload);
-                    }
-                }
-            }
-            let replies: Vec<::redis::RedisResult<::redis::Value>> = run_pipeline(&self.pool, &pipe).await?;
+            let script = batch.iter().any(|m| m.history.is_some()).then_some(&*history::APPEND);
+            let commands = batch
+                .iter()
+                .map(|message| {
+                    let channel = self.channel(message.group);
+                    let command = match message.history {
+                        Some(policy) => {
+                            let parts = MessageParts::new(message.group, message.data);
+                            script_command(&history::appending(
+                                &self.prefix,
+                                &channel,
+                                message.group,
+                                &parts,
+                                policy,
+                                None,
+                            ))
+                        }
+                        None => {
+                            let mut payload = stamp().into_bytes();
+                            payload
+                                .extend_from_slice(protocol::message(message.group, message.data).as_bytes());
+                            let mut cmd = ::redis::cmd("SPUBLISH");
+                            cmd.arg(&channel).arg(payload);
+                            cmd
+                        }
+                    };
+                    (slot(&channel), command)
+                })
+                .collect();
+            let replies = run_all(&self.pool, script, commands).await?;
             Ok(replies
                 .into_iter()
                 .map(|reply| reply.map(drop).map_err(|e| Unavailable::from_error(e).into()))
@@ -190,7 +203,7 @@ static PUBLISH_ONCE: LazyLock<::redis::Script> = LazyLock::new(|| {
     ::redis::Script::new(
         r"
 if not redis.call('SET', KEYS[1], 1, 'NX', 'PX', ARGV[3]) then return 0 end
-redis.call('PUBLISH', ARGV[1], ARGV[2])
+redis.call('SPUBLISH', ARGV[1], ARGV[2])
 return 1",
     )
 });
@@ -246,13 +259,19 @@ impl Directory for RedisStore {
 
     fn groups(&self) -> Answer<'_, Vec<GroupName>> {
         Box::pin(async move {
+            // Every master's shard channels, on a Cluster (each shard lists its own).
             let mut cmd = ::redis::cmd("PUBSUB");
-            cmd.arg("CHANNELS").arg(format!("{}*", self.channel_prefix));
+            cmd.arg("SHARDCHANNELS").arg(format!("{}*", self.channel_prefix));
             let channels: Vec<String> = query(&self.pool, &cmd).await?;
-            Ok(channels
+            let mut groups: Vec<GroupName> = channels
                 .iter()
-                .filter_map(|c| GroupName::new(c.strip_prefix(&*self.channel_prefix)?).ok())
-                .collect())
+                .filter_map(|c| {
+                    GroupName::new(c.strip_prefix(&*self.channel_prefix)?.strip_suffix('}')?).ok()
+                })
+                .collect();
+            groups.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+            groups.dedup();
+            Ok(groups)
         })
     }
 }
