@@ -254,9 +254,19 @@ impl Sentinels {
         let mut replica_of = Vec::new();
         while servers.len() < 2 {
             let port = crate::harness::free_port();
-            let port_arg = port.to_string();
-            let mut args =
-                vec!["--port", &port_arg, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+            let (port_arg, dir_arg) = (port.to_string(), own_dir(&dir, port));
+            let mut args = vec![
+                "--port",
+                &port_arg,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir_arg,
+            ];
             args.extend(replica_of.iter().map(String::as_str));
             if let Some(child) = start_server(&args, port).await {
                 if servers.is_empty() {
