@@ -7,8 +7,9 @@
 //! ```text
 //!  publish path                                      receive path (in every gateway)
 //!  ------------                                      -------------------------------
-//!  POST /api/publish ──┐                             Redis subscriber (one SUBSCRIBE per group)
-//!  client "publish" ───┼─► broker: one PUBLISH ──►     └► hub: group → local members (shared frame)
+//!  POST /api/publish ──┐                             Redis subscriber (one SSUBSCRIBE per group,
+//!  client "publish" ───┼─► broker: one SPUBLISH ─►     │  on the master of the group's shard)
+//!                      │   to the group's shard        └► hub: group → local members (shared frame)
 //!  scheduler tick ─────┘   (or one history script)         └► gate: holds live frames while a member recovers
 //!                                                               └► outbox: bounded per client
 //!                                                                    └► writer task → socket
@@ -27,7 +28,8 @@
 //! - [`group`]: validated group names and namespaces.
 //! - [`protocol`]: client frames, error codes, close codes.
 //! - [`metrics`]: every exported metric, in one place.
-//! - `redis`: Redis pools, command timeouts, scripts and reconnect backoff.
+//! - `redis`: Redis pools (one server, Sentinel, Cluster), command timeouts, pipelines per hash
+//!   slot, the deployment's shards, sharded pub/sub connections, reconnect backoff.
 //! - `broker`: the broker contract (publish, subscribe, history, presence, directory) with its
 //!   in-memory and Redis backends.
 //! - `hub`: group membership and fan-out to local sessions; the recovery gate.
@@ -42,7 +44,7 @@
 //!
 //! The public surface is what `main`, the load tool (`herald-bench`) and the integration tests
 //! use: [`config`], [`gateway::Gateway`] with [`gateway::serve`], [`scheduler::Scheduler`],
-//! [`auth::Verifier`], the [`protocol`] codec, [`group`] names, [`group_channel`] and
+//! [`auth::Verifier`], the [`protocol`] codec, [`group`] names, [`group_channel`], [`group_slot`] and
 //! [`metrics::Metrics`]. Everything else is crate-private, so the compiler reports dead code.
 //! A scheduler may run inside a gateway process (standalone); it then publishes through that
 //! gateway's broker.
@@ -66,7 +68,7 @@ mod redis;
 pub mod scheduler;
 pub mod shutdown;
 
-pub use broker::redis::group_channel;
+pub use broker::redis::{group_channel, group_slot};
 
 /// Why a gateway or scheduler could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -139,7 +139,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> 
     let mut steps = Vec::new();
     for &rate in &args.rate {
         let step_us = stats.start_step();
-        let cpu_before = cpu_ticks(pids);
+        let cpu_before = cpu_ticks_each(pids);
         let started = Instant::now();
         let published = publish_steadily(args, &mut publisher, rate, &stats, name).await?;
         tokio::time::sleep(SETTLE).await;
@@ -147,9 +147,16 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> 
         let (latency, deliveries, last_us) = stats.take();
         // Over the time the step's messages took to arrive, backlog included.
         let delivering = Duration::from_micros(last_us.saturating_sub(step_us)).max(args.duration);
-        let cpu_percent = cpu_before.zip(cpu_ticks(pids)).map(|(before, after)| {
-            (after - before) as f64 / CLOCK_TICKS_PER_SEC * 100.0 / elapsed.as_secs_f64()
-        });
+        let cpu_percent_each: Vec<f64> = cpu_before
+            .zip(cpu_ticks_each(pids))
+            .map(|(before, after)| {
+                let percent = |(b, a): (&u64, &u64)| {
+                    (a - b) as f64 / CLOCK_TICKS_PER_SEC * 100.0 / elapsed.as_secs_f64()
+                };
+                before.iter().zip(&after).map(percent).collect()
+            })
+            .unwrap_or_default();
+        let cpu_percent = (!cpu_percent_each.is_empty()).then(|| cpu_percent_each.iter().sum());
         steps.push(StepReport {
             rate,
             published,
@@ -163,6 +170,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> 
             },
             dropped_clients: stats.dropped.swap(0, Ordering::Relaxed),
             cpu_percent,
+            cpu_percent_each,
         });
     }
     eprintln!();
@@ -307,8 +315,20 @@ fn bench_group(n: u64) -> GroupName {
 
 enum Publisher<'a> {
     Baseline(&'a Baseline),
-    Redis { conn: redis::aio::MultiplexedConnection, prefix: String },
-    Http { client: reqwest::Client, url: String, key: Option<String> },
+    Redis {
+        conn: redis::aio::MultiplexedConnection,
+        prefix: String,
+    },
+    /// A Redis Cluster: one pipeline per hash slot, all in flight at once.
+    Cluster {
+        conn: redis::cluster_async::ClusterConnection,
+        prefix: String,
+    },
+    Http {
+        client: reqwest::Client,
+        url: String,
+        key: Option<String>,
+    },
     Ws(SplitSink<Socket, Message>),
 }
 
@@ -318,6 +338,11 @@ impl<'a> Publisher<'a> {
             return Ok(Self::Baseline(server));
         }
         Ok(match args.publish {
+            PublishVia::Redis if args.redis_cluster => {
+                let client = redis::cluster::ClusterClient::new(vec![args.redis_url.as_str()])?;
+                let conn = client.get_async_connection().await.context("connecting to the redis cluster")?;
+                Self::Cluster { conn, prefix: args.redis_prefix.clone() }
+            }
             PublishVia::Redis => {
                 let client = redis::Client::open(args.redis_url.as_str())?;
                 let conn = client.get_multiplexed_async_connection().await.context("connecting to redis")?;
@@ -372,6 +397,24 @@ impl<'a> Publisher<'a> {
                         .ignore();
                 }
                 pipe.query_async::<()>(conn).await?;
+            }
+            Self::Cluster { conn, prefix } => {
+                let mut slots: std::collections::HashMap<u16, redis::Pipeline> =
+                    std::collections::HashMap::new();
+                for (group, data) in batch {
+                    slots
+                        .entry(herald::group_slot(prefix, group))
+                        .or_insert_with(redis::pipe)
+                        .cmd("SPUBLISH")
+                        .arg(herald::group_channel(prefix, group))
+                        .arg(protocol::message(group, data).as_str())
+                        .ignore();
+                }
+                let sends = slots.values().map(|pipe| {
+                    let mut conn = conn.clone();
+                    async move { pipe.query_async::<()>(&mut conn).await }
+                });
+                futures_util::future::try_join_all(sends).await?;
             }
             Self::Http { client, url, key } => {
                 let requests = batch.iter().map(|(group, data)| {
@@ -447,8 +490,8 @@ async fn publish_steadily(
 /// Linux reports process CPU time in ticks of 1/100 s on every common architecture.
 const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
-/// User plus system CPU ticks of the processes, if all could be read.
-fn cpu_ticks(pids: &[u32]) -> Option<u64> {
+/// User plus system CPU ticks of each process, if all could be read.
+fn cpu_ticks_each(pids: &[u32]) -> Option<Vec<u64>> {
     if pids.is_empty() {
         return None;
     }
@@ -459,7 +502,7 @@ fn cpu_ticks(pids: &[u32]) -> Option<u64> {
             let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
             Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
         })
-        .sum()
+        .collect()
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {

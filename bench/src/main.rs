@@ -47,6 +47,9 @@ struct BenchArgs {
     redis_url: String,
     #[arg(long, default_value = "herald")]
     redis_prefix: String,
+    /// `--redis-url` is a node of a Redis Cluster: publish to each group's shard.
+    #[arg(long)]
+    redis_cluster: bool,
     /// API key for `--publish http`.
     #[arg(long)]
     api_key: Option<String>,
@@ -62,7 +65,8 @@ struct BenchArgs {
     /// First run the same load against an in-process minimal broadcast server.
     #[arg(long)]
     baseline: bool,
-    /// Process ids of the gateways (comma-separated), to report their memory and CPU.
+    /// Process ids of the gateways (comma-separated), to report their memory and CPU (in total,
+    /// and each one's).
     #[arg(long, value_delimiter = ',')]
     pid: Vec<u32>,
     /// Print the report as JSON.
@@ -72,7 +76,7 @@ struct BenchArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum PublishVia {
-    /// `PUBLISH` to the group's Redis channel: the cheapest publisher.
+    /// `SPUBLISH` to the group's Redis channel: the cheapest publisher.
     Redis,
     /// `POST /api/publish` on the first URL's host.
     Http,

@@ -30,6 +30,8 @@ pub struct StepReport {
     pub dropped_clients: u64,
     /// CPU used by the measured processes, in % of one core (with `--pid`).
     pub cpu_percent: Option<f64>,
+    /// The same for each process, in `--pid` order.
+    pub cpu_percent_each: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]

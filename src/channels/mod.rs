@@ -2,7 +2,7 @@
 //!
 //! A Django app keeps calling `group_send("chat.lobby", {...})`; Herald clients of `chat.lobby`
 //! receive `{"type":"message","group":"chat.lobby","data":{...the event dict...}}`, with Herald's
-//! guarantees (history, recovery, one PUBLISH per message).
+//! guarantees (history, recovery, one SPUBLISH per message).
 //!
 //! **Where it runs.** [`Bridge`] runs in the leader of the scheduler replicas (and in standalone),
 //! so each event is taken from Redis once for the whole deployment and published through the

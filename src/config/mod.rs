@@ -228,6 +228,10 @@ impl Config {
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| ConfigError(e.to_string()))?;
+        // An empty variable (`HERALD_REDIS_URL=`) unsets, as it does for the lists.
+        for key in [&mut config.redis_url, &mut config.redis_sentinel_master] {
+            key.take_if(|value| value.is_empty());
+        }
         mode.apply(&mut config);
         mode.check(&config)?;
         config.validate()?;
@@ -358,6 +362,38 @@ mod tests {
             assert!(config.namespace("chat").client_publish);
             assert!(!config.namespace("news").client_publish);
             assert_eq!(config.routes[0].subscribe, ["chat.{room}"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn one_redis_is_named_a_single_server_a_cluster_or_sentinels() {
+        Jail::expect_with(|jail| {
+            let load = || Config::load(None, Overrides::default(), Mode::Gateway);
+            jail.set_env("HERALD_AUTH", "off");
+            jail.set_env("HERALD_REDIS_CLUSTER_NODES", "redis://10.0.0.1:7000/, redis://10.0.0.2:7000/");
+            let cluster = load().unwrap().redis().unwrap();
+            assert_eq!(
+                cluster,
+                RedisTarget::Cluster(vec!["redis://10.0.0.1:7000/".into(), "redis://10.0.0.2:7000/".into()])
+            );
+            jail.set_env("HERALD_REDIS_URL", "redis://127.0.0.1/");
+            assert!(load().unwrap_err().message().contains("only one of"));
+            jail.set_env("HERALD_REDIS_URL", "");
+            jail.set_env("HERALD_REDIS_CLUSTER_NODES", "redis://10.0.0.1:7000/3");
+            assert!(
+                load().unwrap_err().message().starts_with("redis_cluster_nodes[0]: a Redis Cluster has only")
+            );
+            jail.set_env("HERALD_REDIS_CLUSTER_NODES", "");
+            jail.set_env("HERALD_REDIS_SENTINELS", "redis://s1:26379/,redis://s2:26379/");
+            assert!(load().unwrap_err().message().starts_with("redis_sentinel_master:"));
+            jail.set_env("HERALD_REDIS_SENTINEL_MASTER", "mymaster");
+            let sentinel = load().unwrap().redis().unwrap();
+            assert!(
+                matches!(&sentinel, RedisTarget::Sentinel { sentinels, master } if sentinels.len() == 2 && master == "mymaster")
+            );
+            jail.set_env("HERALD_REDIS_SENTINELS", "redis+unix:///tmp/s.sock");
+            assert!(load().unwrap_err().message().starts_with("redis_sentinels[0]: only redis://"));
             Ok(())
         });
     }

@@ -139,9 +139,15 @@ fn cluster_shards(reply: Value, template: &ConnectionInfo) -> Result<Shards, Una
             _ => return Err(bad()),
         };
         let Some(Value::Int(port)) = master.get(1) else { return Err(bad()) };
-        if host.is_empty() || host == "?" {
-            continue; // an endpoint the node does not know: the range has no reachable master yet
-        }
+        let host = match host.as_str() {
+            // The node does not know its address (a cluster of one): the one it was reached at.
+            "" => match template.addr() {
+                ConnectionAddr::Tcp(seed, _) => seed.clone(),
+                _ => continue,
+            },
+            "?" => continue, // the range has no reachable master yet
+            _ => host,
+        };
         let port = u16::try_from(*port).map_err(|_| bad())?;
         let addr = format!("{host}:{port}");
         let index = match masters.iter().position(|m| m.addr == addr) {

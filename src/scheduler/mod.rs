@@ -8,7 +8,7 @@
 //! each has its own timer task and each run is a task of its own. A failing run is logged with
 //! the job's name and counted; nothing is published for that tick and the schedule goes on.
 //! Publishing goes through the same broker `Publisher` as every other publish: one frame, one
-//! `PUBLISH` per tick.
+//! `SPUBLISH` per tick.
 
 mod coordinator;
 mod job;

@@ -75,6 +75,42 @@ fn the_compose_file_describes_the_whole_topology() {
     assert!(dockerfile.contains("USER nonroot") && dockerfile.contains("HEALTHCHECK"));
 }
 
+#[test]
+fn the_cluster_compose_file_runs_the_same_topology_on_a_redis_cluster() {
+    let mut compose: Yaml = serde_yaml_ng::from_str(&repo_file("docker-compose.cluster.yml")).unwrap();
+    compose.apply_merge().unwrap();
+    let services = compose["services"].as_mapping().expect("services");
+    let nodes: Vec<String> = (1..=6).map(|n| format!("redis-node-{n}")).collect();
+    for node in &nodes {
+        let command: Vec<&str> = services[&Yaml::from(node.as_str())]["command"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{node}"))
+            .iter()
+            .filter_map(Yaml::as_str)
+            .collect();
+        assert!(command.windows(2).any(|w| w == ["--cluster-enabled", "yes"]), "{node}: {command:?}");
+    }
+    let init = &services[&Yaml::from("redis-cluster-init")];
+    let script = init["command"][2].as_str().unwrap();
+    assert!(script.contains("--cluster create") && script.contains("--cluster-replicas 1"), "{script}");
+    for node in &nodes {
+        assert!(script.contains(&format!("{node}:6379")), "{node} joins the cluster");
+        assert_eq!(init["depends_on"][node.as_str()]["condition"].as_str(), Some("service_healthy"));
+    }
+    for name in ["scheduler-1", "scheduler-2", "gateway-1", "gateway-2", "gateway-3"] {
+        let service = &services[&Yaml::from(name)];
+        let seeds = service["environment"]["HERALD_REDIS_CLUSTER_NODES"].as_str().unwrap_or_default();
+        assert_eq!(seeds.split(',').count(), 3, "{name} starts from three nodes: {seeds}");
+        assert!(service["environment"]["HERALD_REDIS_URL"].is_null(), "{name}: only the cluster");
+        assert_eq!(
+            service["depends_on"]["redis-cluster-init"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{name} starts once the cluster is formed"
+        );
+    }
+    assert!(services.contains_key("nginx"));
+}
+
 /// nginx from the distribution's package, with deploy/nginx.conf pointed at local gateways.
 struct Nginx {
     child: Child,

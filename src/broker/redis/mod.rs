@@ -62,6 +62,11 @@ pub fn group_channel(prefix: &str, group: &GroupName) -> String {
     format!("{}{group}}}", channel_prefix(prefix))
 }
 
+/// The Redis Cluster hash slot of a group's channel and keys: the shard that carries it.
+pub fn group_slot(prefix: &str, group: &GroupName) -> u16 {
+    slot(&group_channel(prefix, group))
+}
+
 /// What every group channel starts with: `<prefix>:group:{`.
 fn channel_prefix(prefix: &str) -> Arc<str> {
     format!("{prefix}:group:{{").into()
