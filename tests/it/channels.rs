@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 
 use crate::harness::{Client, InProcessScheduler, Node, Process, Redis, config, eventually, python};
 
-const GROUP: &str = "chat.lobby";
+pub(crate) const GROUP: &str = "chat.lobby";
 
 fn bridged_config(redis: &Redis, node: &str, layer: ChannelsLayer, keys: &[&str]) -> Config {
     let mut config = config(Some(redis), node);
@@ -41,7 +41,13 @@ fn layer_name(layer: ChannelsLayer) -> &'static str {
 }
 
 /// `tests/channels/layer.py <command> <layer> <url> asgi chat.lobby <count> ...`.
-fn layer_py(command: &str, layer: ChannelsLayer, redis: &Redis, count: u64, extra: &[&str]) -> Child {
+pub(crate) fn layer_py(
+    command: &str,
+    layer: ChannelsLayer,
+    redis: &Redis,
+    count: u64,
+    extra: &[&str],
+) -> Child {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/channels/layer.py");
     Command::new(python())
         .arg(script)
@@ -62,7 +68,7 @@ fn keys_arg(keys: &[&str]) -> Vec<String> {
 
 /// Waits until the bridge takes the group's events: a member of the Channels group (core) or
 /// subscribed to its channel (pubsub).
-async fn bridge_joined(redis: &Redis, layer: ChannelsLayer) {
+pub(crate) async fn bridge_joined(redis: &Redis, layer: ChannelsLayer) {
     eventually("the bridge joins the Channels group", || async {
         match layer {
             ChannelsLayer::Core => {
@@ -76,7 +82,7 @@ async fn bridge_joined(redis: &Redis, layer: ChannelsLayer) {
 }
 
 /// The `seq` of the next `count` messages of `client`, each checked to be the event as sent.
-async fn seqs(client: &mut Client, count: u64) -> Vec<u64> {
+pub(crate) async fn seqs(client: &mut Client, count: u64) -> Vec<u64> {
     let mut seqs = Vec::new();
     for _ in 0..count {
         let (group, data) = client.message().await;

@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use herald::config::{Config, NamespaceConfig};
+use herald::config::{ChannelsConfig, ChannelsLayer, Config, JobConfig, NamespaceConfig};
 use serde_json::{Value, json};
 
-use crate::harness::{Client, Node, eventually, http};
+use crate::channels::{GROUP, bridge_joined, layer_py, seqs};
+use crate::harness::{Client, InProcessScheduler, Node, Redis, eventually, http};
 use crate::recovery::{feed, publish_steadily, read_all};
 use crate::redis_servers::Cluster;
 
@@ -199,4 +200,41 @@ async fn a_group_follows_its_slot_to_another_shard() {
         on_new.1 == 1
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_scheduler_and_the_channels_bridge_run_on_a_cluster() {
+    let cluster = Cluster::start(3, 0).await;
+    // channels_redis needs one server per host: the layer keeps its own Redis.
+    let layer = Redis::start().await;
+    let mut config = cluster_config(&cluster, "gw-a");
+    config
+        .namespaces
+        .insert("chat".into(), NamespaceConfig { history_size: 100, ..NamespaceConfig::default() });
+    config.channels = Some(ChannelsConfig {
+        layer: ChannelsLayer::Core,
+        hosts: vec![layer.url()],
+        groups: vec!["chat.*".into()],
+        ..ChannelsConfig::default()
+    });
+    config.jobs = vec![JobConfig {
+        name: "tick".into(),
+        group: "jobs.tick".into(),
+        every: Some("200ms".into()),
+        static_data: Some(json!("tick")),
+        ..JobConfig::default()
+    }];
+    let node = Node::ready(config.clone()).await;
+    let scheduler = InProcessScheduler::start(&Config { node_id: "sched".into(), ..config });
+    let mut ticks = node.client().await;
+    ticks.subscribe("jobs.tick").await;
+    assert_eq!(ticks.message().await.0, "jobs.tick", "lease and tick claims on the cluster");
+    let mut chat = node.client().await;
+    chat.subscribe(GROUP).await;
+    // The bridge finds the group among every shard's channels, and joins it in the layer.
+    bridge_joined(&layer, ChannelsLayer::Core).await;
+    let mut sender = layer_py("send", ChannelsLayer::Core, &layer, 50, &[]);
+    assert!(sender.wait().await.unwrap().success());
+    assert_eq!(seqs(&mut chat, 50).await, (0..50).collect::<Vec<_>>());
+    scheduler.stop().await;
 }
