@@ -9,7 +9,7 @@
 //! | `herald_groups` | gauge | groups with local members (= Redis subscriptions) |
 //! | `herald_messages_in_total` | counter | messages published through this instance |
 //! | `herald_messages_out_total` | counter | frames queued to local clients by fan-out |
-//! | `herald_drops_total{reason}` | counter | frames or requests dropped: `slow_consumer`, `rate_limited`, `publish_failed` |
+//! | `herald_drops_total{reason}` | counter | frames or requests dropped: `slow_consumer`, `rate_limited`, `publish_failed`, `publish_overloaded` |
 //! | `herald_closes_total{code}` | counter | connections closed by the server, by close code |
 //! | `herald_redis_reconnects_total` | counter | pub/sub reconnections after a lost connection |
 //! | `herald_channels_events_total{layer,outcome}` | counter | Channels bridge events: `bridged`, `bad_input` (not what channels_redis writes), `not_bridged`, `echo` (Herald's own egress), `failed` (Herald's broker refused it), and egress `egress` / `egress_failed` |

@@ -28,7 +28,7 @@ use super::report::{Latency, RunReport, StepReport};
 use super::{BenchArgs, PublishVia};
 
 pub enum Target {
-    Baseline(Baseline),
+    Baseline(Box<Baseline>),
     Herald,
 }
 
@@ -128,14 +128,21 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> 
         Target::Herald => args.url.clone(),
     };
     let stats = Arc::new(Stats::new());
-    // `--pid` names the gateways: the baseline runs inside this process and is not measured.
-    let pids: &[u32] = if matches!(target, Target::Herald) { &args.pid } else { &[] };
+    // `--pid` names the gateways (or their Redis); the baseline is its own process.
+    let baseline_pid;
+    let pids: &[u32] = match &target {
+        Target::Baseline(server) => {
+            baseline_pid = [server.pid];
+            &baseline_pid
+        }
+        Target::Herald => &args.pid,
+    };
     let resident = || (!pids.is_empty()).then(|| pids.iter().filter_map(|p| rss_kib(*p)).sum::<u64>());
     let rss_before = resident();
     let (mut clients, connected, connect_rate) =
         connect_all(args, &urls, matches!(target, Target::Herald), &stats).await;
     let rss_kib = resident();
-    let mut publisher = Publisher::new(args, &target).await?;
+    let mut publisher = Publisher::new(args, &urls[0]).await?;
     let mut steps = Vec::new();
     for &rate in &args.rate {
         let step_us = stats.start_step();
@@ -176,8 +183,8 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> 
     eprintln!();
     clients.abort_all();
     while clients.join_next().await.is_some() {}
-    if let Target::Baseline(server) = &target {
-        server.wait_closed().await;
+    if let Target::Baseline(server) = target {
+        server.stop().await;
     }
     Ok(RunReport {
         target: name.into(),
@@ -313,8 +320,7 @@ fn bench_group(n: u64) -> GroupName {
     GroupName::new(&format!("bench.{n}")).expect("bench group names are valid")
 }
 
-enum Publisher<'a> {
-    Baseline(&'a Baseline),
+enum Publisher {
     Redis {
         conn: redis::aio::MultiplexedConnection,
         prefix: String,
@@ -324,19 +330,19 @@ enum Publisher<'a> {
         conn: redis::cluster_async::ClusterConnection,
         prefix: String,
     },
+    /// Concurrent requests, at most `connections` at once (so that many keep-alive connections).
     Http {
         client: reqwest::Client,
         url: String,
         key: Option<String>,
+        connections: Arc<Semaphore>,
     },
     Ws(SplitSink<Socket, Message>),
 }
 
-impl<'a> Publisher<'a> {
-    async fn new(args: &BenchArgs, target: &'a Target) -> anyhow::Result<Self> {
-        if let Target::Baseline(server) = target {
-            return Ok(Self::Baseline(server));
-        }
+impl Publisher {
+    /// A publisher to `url` (the target's first WebSocket URL) the `--publish` way.
+    async fn new(args: &BenchArgs, url: &str) -> anyhow::Result<Self> {
         Ok(match args.publish {
             PublishVia::Redis if args.redis_cluster => {
                 let client = redis::cluster::ClusterClient::new(vec![args.redis_url.as_str()])?;
@@ -349,16 +355,17 @@ impl<'a> Publisher<'a> {
                 Self::Redis { conn, prefix: args.redis_prefix.clone() }
             }
             PublishVia::Http => {
-                let base = args.url[0].replacen("ws://", "http://", 1).replacen("wss://", "https://", 1);
+                let base = url.replacen("ws://", "http://", 1).replacen("wss://", "https://", 1);
                 let host = base.split('/').take(3).collect::<Vec<_>>().join("/");
                 Self::Http {
                     client: reqwest::Client::new(),
                     url: format!("{host}/api/publish"),
                     key: args.api_key.clone(),
+                    connections: Arc::new(Semaphore::new(args.http_connections.max(1))),
                 }
             }
             PublishVia::Ws => {
-                let ws = join(&args.url[0], IpAddr::V4(Ipv4Addr::LOCALHOST), None).await?;
+                let ws = join(url, IpAddr::V4(Ipv4Addr::LOCALHOST), None).await?;
                 let (sink, mut stream) = ws.split();
                 // Replies are read and dropped so the gateway never sees a slow publisher.
                 tokio::spawn(async move { while stream.next().await.is_some() {} });
@@ -383,11 +390,6 @@ impl<'a> Publisher<'a> {
     /// [`Publisher::publish`], failing as a whole except for HTTP, where each request counts.
     async fn try_publish(&mut self, batch: &[Outgoing]) -> anyhow::Result<u64> {
         match self {
-            Self::Baseline(server) => {
-                for (group, data) in batch {
-                    server.broadcast(protocol::message(group, data));
-                }
-            }
             Self::Redis { conn, prefix } => {
                 let mut pipe = redis::pipe();
                 for (group, data) in batch {
@@ -416,7 +418,7 @@ impl<'a> Publisher<'a> {
                 });
                 futures_util::future::try_join_all(sends).await?;
             }
-            Self::Http { client, url, key } => {
+            Self::Http { client, url, key, connections } => {
                 let requests = batch.iter().map(|(group, data)| {
                     let body = serde_json::json!({"group": group.as_str(), "data": data}).to_string();
                     let mut request =
@@ -424,7 +426,9 @@ impl<'a> Publisher<'a> {
                     if let Some(key) = key {
                         request = request.bearer_auth(key);
                     }
+                    let connections = connections.clone();
                     async move {
+                        let _connection = connections.acquire_owned().await?;
                         let response = request.send().await?;
                         anyhow::ensure!(
                             response.status().is_success(),
@@ -457,7 +461,7 @@ impl<'a> Publisher<'a> {
 /// payload carries its publish time. Returns how many were published.
 async fn publish_steadily(
     args: &BenchArgs,
-    publisher: &mut Publisher<'_>,
+    publisher: &mut Publisher,
     rate: u64,
     stats: &Stats,
     name: &str,

@@ -50,6 +50,9 @@ struct BenchArgs {
     /// `--redis-url` is a node of a Redis Cluster: publish to each group's shard.
     #[arg(long)]
     redis_cluster: bool,
+    /// Requests in flight at once with `--publish http`: that many keep-alive connections.
+    #[arg(long, default_value_t = 16)]
+    http_connections: usize,
     /// API key for `--publish http`.
     #[arg(long)]
     api_key: Option<String>,
@@ -72,6 +75,9 @@ struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Serve the baseline in this process (how `--baseline` starts it).
+    #[arg(long, hide = true)]
+    serve_baseline: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,15 +108,26 @@ fn main() -> ExitCode {
 
 /// Runs the baseline (if asked) and then Herald (if URLs are given), and prints the report.
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.baseline || !args.url.is_empty(), "give --url (Herald gateways) and/or --baseline");
+    anyhow::ensure!(
+        args.baseline || args.serve_baseline || !args.url.is_empty(),
+        "give --url (Herald gateways) and/or --baseline"
+    );
     anyhow::ensure!(
         args.clients > 0 && args.groups > 0 && args.sources > 0,
         "clients, groups and sources must be positive"
     );
+    let serve = baseline::ServeArgs {
+        redis_url: &args.redis_url,
+        redis_prefix: &args.redis_prefix,
+        groups: args.groups,
+    };
+    if args.serve_baseline {
+        return baseline::serve(serve).await;
+    }
     let mut reports = Vec::new();
     if args.baseline {
-        let server = baseline::Baseline::start().await?;
-        reports.push(load::run(&args, load::Target::Baseline(server)).await?);
+        let server = baseline::Baseline::start(&serve).await?;
+        reports.push(load::run(&args, load::Target::Baseline(Box::new(server))).await?);
     }
     if !args.url.is_empty() {
         reports.push(load::run(&args, load::Target::Herald).await?);

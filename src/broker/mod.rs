@@ -175,6 +175,12 @@ pub(crate) trait Subscriber: Send + Sync + 'static {
 
     /// Whether publishes and new subscriptions can currently succeed.
     fn is_ready(&self) -> bool;
+
+    /// Whether messages arrive faster than this instance fans them out (its backlog from the
+    /// broker is more than half full).
+    fn is_behind(&self) -> bool {
+        false
+    }
 }
 
 /// Reading groups' retained messages. Reads create no state: a flood of subscribes to new group

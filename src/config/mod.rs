@@ -102,6 +102,12 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Largest HTTP publish request (a batch of messages); never less than `max_frame_bytes`.
     pub max_batch_bytes: usize,
+    /// Messages of HTTP publishes in flight to the broker at once; more wait (`publish_wait`).
+    pub max_pending_publishes: usize,
+    /// How long an HTTP publish may wait for room (or for the fan-out to catch up) before it
+    /// is refused with 503 and `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub publish_wait: Duration,
     /// Frames a client's outbound queue holds before the client is closed as too slow (4008).
     pub outbound_queue: usize,
     /// Bytes a client's outbound queue holds before the client is closed as too slow (4008).
@@ -175,6 +181,8 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             max_frame_bytes: 64 * 1024,
             max_batch_bytes: 1024 * 1024,
+            max_pending_publishes: 10_000,
+            publish_wait: Duration::from_secs(1),
             outbound_queue: 1024,
             outbound_queue_bytes: 1024 * 1024,
             max_groups_per_client: 100,
@@ -261,6 +269,12 @@ impl Config {
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.max_batch_bytes) {
             return Err(invalid("max_batch_bytes", "must be between 1024 and 67108864"));
+        }
+        if !(1..=10_000_000).contains(&self.max_pending_publishes) {
+            return Err(invalid("max_pending_publishes", "must be between 1 and 10000000"));
+        }
+        if self.publish_wait > Duration::from_secs(60) {
+            return Err(invalid("publish_wait", "must be at most 60s"));
         }
         if !(1..=1_000_000).contains(&self.outbound_queue) {
             return Err(invalid("outbound_queue", "must be between 1 and 1000000"));

@@ -15,11 +15,21 @@ pub(super) struct ApiError {
     pub(super) status: StatusCode,
     pub(super) code: ErrorCode,
     message: String,
+    /// Sent as `Retry-After` (seconds), when the caller should come back later.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub(super) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after: None }
+    }
+
+    /// 503: the instance takes no more publishes right now; retry after `after`.
+    pub(super) fn overloaded(after: std::time::Duration) -> Self {
+        let message = "too many publishes in flight, or the fan-out is behind: retry later";
+        let mut error = Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message);
+        error.retry_after = Some(after.as_secs().max(1));
+        error
     }
 
     pub(super) fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -39,6 +49,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -9,6 +9,7 @@ mod admission;
 mod api;
 mod demo;
 mod error;
+mod intake;
 mod presence;
 mod routes;
 mod server;
@@ -61,6 +62,8 @@ pub struct Gateway {
     /// Verifies client tokens; `None` when no key is configured.
     verifier: Option<Verifier>,
     admission: admission::Admission,
+    /// Back-pressure on HTTP publishing.
+    intake: intake::Intake,
     metrics: Arc<Metrics>,
     /// Sends publishes to bridged groups into the Channels layer, when egress is on.
     egress: Option<Egress>,
@@ -82,6 +85,7 @@ impl Gateway {
         let routes = routes::CompiledRoute::compile_all(&config.routes)?;
         let verifier = Verifier::from_config(&config)?;
         let admission = admission::Admission::new(&config);
+        let intake = intake::Intake::new(&config);
         let stopped = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
         let (registry, resumes) = Registry::new(metrics.clone());
@@ -102,6 +106,7 @@ impl Gateway {
             presence: presence::LocalPresence::default(),
             verifier,
             admission,
+            intake,
             metrics,
             egress,
             hooks,

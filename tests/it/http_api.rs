@@ -1,9 +1,11 @@
-//! `POST /api/publish` auth and validation, health endpoints.
+//! `POST /api/publish` auth, validation and back-pressure, health endpoints.
+
+use std::time::Duration;
 
 use herald::config::NamespaceConfig;
 use serde_json::{Value, json};
 
-use crate::harness::{Node, Redis, config, http, http_raw};
+use crate::harness::{Node, Redis, config, http, http_raw, metric};
 
 #[tokio::test]
 async fn publish_requires_one_of_the_configured_keys() {
@@ -166,4 +168,41 @@ async fn a_batch_is_published_in_order_and_answered_per_message() {
     let huge = json!([{"group": "news", "data": "x".repeat(5000)}]).to_string();
     assert_eq!(http(node.addr, "POST", "/api/publish", &[], &huge).await.0, 413, "over max_batch_bytes");
     member.assert_no_message().await;
+}
+
+#[tokio::test]
+async fn publishes_wait_for_room_and_are_refused_with_retry_after_beyond_the_wait() {
+    let redis = Redis::start().await;
+    let mut config = config(Some(&redis), "gw-1");
+    (config.max_pending_publishes, config.publish_wait) = (1, Duration::from_millis(300));
+    let node = Node::ready(config).await;
+    // Redis holds every command for 0.8 s: the first publish keeps the only slot meanwhile.
+    let _: () = redis.query(&["CLIENT", "PAUSE", "800", "ALL"]).await;
+    let addr = node.addr;
+    let first =
+        tokio::spawn(
+            async move { http(addr, "POST", "/api/publish", &[], r#"{"group":"g","data":1}"#).await },
+        );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let body = r#"{"group":"g","data":2}"#;
+    let request = format!(
+        "POST /api/publish HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await.unwrap();
+    let (head, answer) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after: 1\r\n"), "{head}");
+    assert_eq!(serde_json::from_str::<Value>(answer).unwrap()["error"]["code"], "unavailable");
+    let first = first.await.unwrap();
+    assert_eq!(first.0, 200, "the waiting publish went through once Redis answered: {first:?}");
+    let metrics = node.metrics().await;
+    assert_eq!(
+        metric(&metrics, r#"herald_drops_total{reason="publish_overloaded"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
 }

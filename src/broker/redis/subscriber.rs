@@ -59,6 +59,8 @@ pub(super) struct Handle {
     commands: mpsc::UnboundedSender<Command>,
     /// True while every master is connected and no wanted group's subscription has lapsed.
     ready: Arc<AtomicBool>,
+    /// Of the channel the connections' readers fill: how far the task is behind.
+    events: mpsc::Sender<(u64, Event)>,
 }
 
 /// Starts the subscriber task; it runs until `shutdown`.
@@ -74,6 +76,7 @@ pub(super) fn start(
     let (events_tx, events) = mpsc::channel(EVENTS);
     let (connected_tx, connected) = mpsc::unbounded_channel();
     let (looked_tx, looked) = mpsc::unbounded_channel();
+    let backlog = events_tx.clone();
     let task = Task {
         nodes,
         channel_prefix,
@@ -91,7 +94,7 @@ pub(super) fn start(
         look: Look { due: true, running: false, last: Instant::now(), failures: 0 },
     };
     tokio::spawn(task.run(Inbox { commands: commands_rx, events, connected, looked }, shutdown));
-    Handle { commands, ready }
+    Handle { commands, ready, events: backlog }
 }
 
 impl Subscriber for Handle {
@@ -109,6 +112,10 @@ impl Subscriber for Handle {
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    fn is_behind(&self) -> bool {
+        self.events.capacity() < EVENTS / 2
     }
 }
 

@@ -57,13 +57,13 @@ pub(super) async fn publish(
         .and_then(|t| t.to_str().ok())
         .is_some_and(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(NDJSON));
     if ndjson {
-        return Ok(publish_batch(&gateway, batch::from_lines(&body, config.max_frame_bytes)).await);
+        return publish_batch(&gateway, batch::from_lines(&body, config.max_frame_bytes)).await;
     }
     if body.trim_ascii_start().starts_with(b"[") {
         let messages = batch::from_array(&body, config.max_frame_bytes).ok_or_else(|| {
             ApiError::bad_request(ErrorCode::BadRequest, "invalid body: not a JSON array of messages")
         })?;
-        return Ok(publish_batch(&gateway, messages).await);
+        return publish_batch(&gateway, messages).await;
     }
     if body.len() > config.max_frame_bytes {
         let message = format!("body is larger than max_frame_bytes ({})", config.max_frame_bytes);
@@ -71,6 +71,7 @@ pub(super) async fn publish(
     }
     let (groups, data) = parse_publish(&body)?;
     let messages: Vec<_> = groups.iter().map(|group| (group.clone(), data.clone())).collect();
+    let _admitted = admit(&gateway, messages.len()).await?;
     let outcomes = gateway.publish_all(&messages, None).await;
     let (mut published, mut failed) = (Vec::new(), Vec::new());
     let mut last_error = None;
@@ -96,8 +97,9 @@ pub(super) async fn publish(
 /// Publishes the valid messages of a batch in one go and answers for each, in order: 200 when
 /// all were published, 503 when the broker failed some (retry those), 400 when only invalid
 /// messages failed.
-async fn publish_batch(gateway: &Gateway, messages: Vec<batch::Message>) -> Response {
+async fn publish_batch(gateway: &Gateway, messages: Vec<batch::Message>) -> Result<Response, ApiError> {
     let valid: Vec<_> = messages.iter().filter_map(|m| m.as_ref().ok().cloned()).collect();
+    let _admitted = admit(gateway, valid.len()).await?;
     let mut outcomes = gateway.publish_all(&valid, None).await.into_iter();
     let mut status = StatusCode::OK;
     let results: Vec<_> = messages
@@ -118,7 +120,15 @@ async fn publish_batch(gateway: &Gateway, messages: Vec<batch::Message>) -> Resp
             batch::result(outcome)
         })
         .collect();
-    (status, Json(json!({ "results": results }))).into_response()
+    Ok((status, Json(json!({ "results": results }))).into_response())
+}
+
+/// Waits for room for `messages` more publishes in flight (see `intake`); 503 past the wait.
+async fn admit(gateway: &Gateway, messages: usize) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    gateway.intake.admit(messages, &*gateway.hub.broker().subscriber).await.map_err(|overloaded| {
+        gateway.metrics.dropped("publish_overloaded");
+        ApiError::overloaded(overloaded.retry_after)
+    })
 }
 
 fn parse_publish(body: &[u8]) -> Result<(Vec<GroupName>, Box<RawValue>), ApiError> {
