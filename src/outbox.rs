@@ -1,7 +1,11 @@
 //! A client's bounded outbound queue and its close signal.
 //!
 //! The queue is bounded both in frames (`outbound_queue`) and in bytes (`outbound_queue_bytes`),
-//! and both bounds cover every frame: group messages and the session's own replies alike.
+//! and both bounds cover every frame: group messages and the session's own replies alike. Both
+//! are counted in one atomic word, and the frames wait in a plain deque under a lock only their
+//! pusher and the writer take: a fan-out push is one atomic update, one uncontended lock and a
+//! wake-up (a bounded channel's semaphore cost a tenth of the fan-out), and an idle client's queue
+//! holds no memory (a channel kept a block of 32 slots per client).
 //!
 //! - The hub pushes group messages with [`Outbox::push`], which never waits: when the queue is
 //!   full the client is too slow, and it is closed with 4008 instead of slowing the broker reader
@@ -11,20 +15,25 @@
 //!   ends as soon as a close is asked for (the writer asks for one when the socket makes no
 //!   progress for `write_timeout`), so the session is never wedged.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::close;
 
 pub(crate) struct Outbox {
-    tx: mpsc::Sender<Utf8Bytes>,
-    /// Bytes queued and not yet taken by the writer, bounded by `max_bytes`.
-    queued_bytes: AtomicUsize,
-    max_bytes: usize,
+    frames: Mutex<VecDeque<Utf8Bytes>>,
+    /// Wakes the writer when frames arrive.
+    ready: Notify,
+    /// Frames and bytes queued and not yet taken by the writer (see [`Queued`]), bounded by
+    /// `max_frames` and `max_bytes`.
+    queued: AtomicU64,
+    max_frames: u64,
+    max_bytes: u64,
     /// Senders waiting for bytes to be taken; the writer wakes them only when there are any,
     /// so fan-out pays nothing for the wake-up.
     waiting: AtomicUsize,
@@ -38,21 +47,21 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    /// A queue of at most `capacity` frames and `max_bytes` bytes, and the receiving end for
-    /// the session's writer (which must call [`Outbox::taken`] for each frame it takes).
-    pub(crate) fn new(capacity: usize, max_bytes: usize) -> (Self, mpsc::Receiver<Utf8Bytes>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let outbox = Self {
-            tx,
-            queued_bytes: AtomicUsize::new(0),
-            max_bytes,
+    /// A queue of at most `capacity` frames and `max_bytes` bytes, which the session's writer
+    /// empties with [`Outbox::next_batch`].
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
+        Self {
+            frames: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            queued: AtomicU64::new(0),
+            max_frames: (capacity.max(1) as u64).min(Queued::FRAMES_MAX),
+            max_bytes: (max_bytes as u64).min(Queued::BYTES_MAX),
             waiting: AtomicUsize::new(0),
             room: Notify::new(),
             close_code: AtomicU16::new(0),
             close_reason: OnceLock::new(),
             closing: CancellationToken::new(),
-        };
-        (outbox, rx)
+        }
     }
 
     /// Queues a fan-out frame without waiting; a full queue (in frames or bytes) closes the
@@ -63,16 +72,39 @@ impl Outbox {
             self.close(close::SLOW_CONSUMER);
             return false;
         }
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(e) => {
-                self.release(len);
-                if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                    self.close(close::SLOW_CONSUMER);
-                }
-                false
+        self.enqueue(frame);
+        true
+    }
+
+    fn enqueue(&self, frame: Utf8Bytes) {
+        crate::lock(&self.frames).push_back(frame);
+        self.ready.notify_one();
+    }
+
+    /// The writer's side: waits for frames and takes up to `max` of them, oldest first.
+    pub(crate) async fn next_batch(&self, max: usize) -> VecDeque<Utf8Bytes> {
+        loop {
+            let batch = self.take(max);
+            if !batch.is_empty() {
+                return batch;
             }
+            // A wake-up that came before this wait is kept by `Notify`: none is lost.
+            self.ready.notified().await;
         }
+    }
+
+    /// Takes up to `max` queued frames without waiting (all of them, in one swap, when they
+    /// fit: the emptied queue then holds no memory).
+    pub(crate) fn take(&self, max: usize) -> VecDeque<Utf8Bytes> {
+        let batch = {
+            let mut frames = crate::lock(&self.frames);
+            if frames.len() <= max { std::mem::take(&mut *frames) } else { frames.drain(..max).collect() }
+        };
+        if !batch.is_empty() {
+            let bytes: u64 = batch.iter().map(|frame| (frame.len() as u64).min(Queued::BYTES_MAX)).sum();
+            self.release_many(batch.len() as u64, bytes);
+        }
+        batch
     }
 
     /// Queues a frame for this client alone, waiting for room in frames and bytes (a frame
@@ -80,21 +112,14 @@ impl Outbox {
     /// for or the writer is gone.
     pub(crate) async fn send(&self, frame: Utf8Bytes) -> bool {
         let len = frame.len();
-        if !self.wait_for_bytes(len).await {
+        if !self.wait_for_room(len).await {
             return false;
         }
-        let sent = tokio::select! {
-            biased;
-            _ = self.closing.cancelled() => false,
-            sent = self.tx.send(frame) => sent.is_ok(),
-        };
-        if !sent {
-            self.release(len);
-        }
-        sent
+        self.enqueue(frame);
+        true
     }
 
-    async fn wait_for_bytes(&self, len: usize) -> bool {
+    async fn wait_for_room(&self, len: usize) -> bool {
         loop {
             if self.closing.is_cancelled() {
                 return false;
@@ -117,26 +142,24 @@ impl Outbox {
         }
     }
 
-    /// Counts `len` bytes as queued if they fit (or, when `alone_if_empty`, if nothing is queued).
+    /// Counts a frame of `len` bytes as queued if it fits in frames and bytes (or, when
+    /// `alone_if_empty`, if nothing is queued).
     fn reserve(&self, len: usize, alone_if_empty: bool) -> bool {
-        self.queued_bytes
+        let len = (len as u64).min(Queued::BYTES_MAX);
+        self.queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-                let fits = queued + len <= self.max_bytes || (alone_if_empty && queued == 0);
-                fits.then_some(queued + len)
+                let (frames, bytes) = Queued::split(queued);
+                let fits = frames < self.max_frames && bytes + len <= self.max_bytes;
+                (fits || (alone_if_empty && frames == 0)).then_some(queued + Queued::one(len))
             })
             .is_ok()
     }
 
-    fn release(&self, len: usize) {
-        self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+    fn release_many(&self, frames: u64, bytes: u64) {
+        self.queued.fetch_sub((frames << Queued::BYTES_BITS) + bytes, Ordering::AcqRel);
         if self.waiting.load(Ordering::Acquire) > 0 {
             self.room.notify_waiters();
         }
-    }
-
-    /// The writer took a frame of `len` bytes off the queue.
-    pub(crate) fn taken(&self, len: usize) {
-        self.release(len);
     }
 
     /// Asks the writer to close the connection with `code`. Later requests are ignored.
@@ -174,6 +197,24 @@ impl Outbox {
     }
 }
 
+/// Frames and bytes queued, in one word: frames in the high 24 bits, bytes in the low 40.
+struct Queued;
+
+impl Queued {
+    const BYTES_BITS: u32 = 40;
+    const BYTES_MAX: u64 = (1 << Self::BYTES_BITS) - 1;
+    const FRAMES_MAX: u64 = (1 << (64 - Self::BYTES_BITS)) - 1;
+
+    /// One frame of `len` bytes.
+    fn one(len: u64) -> u64 {
+        (1 << Self::BYTES_BITS) + len
+    }
+
+    fn split(queued: u64) -> (u64, u64) {
+        (queued >> Self::BYTES_BITS, queued & Self::BYTES_MAX)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -183,19 +224,39 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_closes_with_slow_consumer() {
-        let (outbox, mut rx) = Outbox::new(2, 1024);
+        let outbox = Outbox::new(2, 1024);
         assert!(outbox.push(Utf8Bytes::from_static("a")));
         assert!(outbox.push(Utf8Bytes::from_static("b")));
         assert!(!outbox.push(Utf8Bytes::from_static("c")));
         assert_eq!(outbox.closing().await, close::SLOW_CONSUMER);
         outbox.close(close::NORMAL);
         assert_eq!(outbox.close_requested(), Some(close::SLOW_CONSUMER), "first close wins");
-        assert_eq!(rx.recv().await.unwrap().as_str(), "a");
+        assert_eq!(outbox.next_batch(1).await, ["a"]);
+        assert_eq!(outbox.next_batch(8).await, ["b"]);
+    }
+
+    #[tokio::test]
+    async fn the_writer_takes_bursts_and_frees_their_room() {
+        let outbox = Arc::new(Outbox::new(3, 1024));
+        let writer = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.next_batch(2).await }
+        });
+        tokio::task::yield_now().await;
+        for frame in ["a", "b", "c"] {
+            assert!(outbox.push(Utf8Bytes::from_static(frame)));
+        }
+        let first = writer.await.unwrap();
+        assert!(!first.is_empty() && first.len() <= 2, "{first:?}");
+        assert!(outbox.push(Utf8Bytes::from_static("d")), "what was taken made room");
+        let mut all: Vec<_> = first.into_iter().collect();
+        all.extend(outbox.take(8));
+        assert_eq!(all, ["a", "b", "c", "d"], "in order, once");
     }
 
     #[test]
     fn too_many_queued_bytes_close_with_slow_consumer() {
-        let (outbox, _rx) = Outbox::new(100, 10);
+        let outbox = Outbox::new(100, 10);
         assert!(outbox.push(Utf8Bytes::from_static("123456")));
         assert!(!outbox.push(Utf8Bytes::from_static("123456")));
         assert_eq!(outbox.close_requested(), Some(close::SLOW_CONSUMER));
@@ -203,8 +264,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn replies_wait_for_bytes_to_be_taken_and_stop_waiting_on_close() {
-        let (outbox, mut rx) = Outbox::new(100, 10);
-        let outbox = Arc::new(outbox);
+        let outbox = Arc::new(Outbox::new(100, 10));
         assert!(outbox.send(Utf8Bytes::from_static("1234567")).await);
         let waiting = tokio::spawn({
             let outbox = outbox.clone();
@@ -212,8 +272,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!waiting.is_finished(), "7 + 6 bytes do not fit in 10");
-        let frame = rx.recv().await.unwrap();
-        outbox.taken(frame.len());
+        assert_eq!(outbox.next_batch(8).await, ["1234567"]);
         assert!(waiting.await.unwrap(), "sent once the first was taken");
 
         let blocked = tokio::spawn({
@@ -228,8 +287,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_reply_larger_than_the_bound_goes_alone() {
-        let (outbox, mut rx) = Outbox::new(100, 4);
+        let outbox = Outbox::new(100, 4);
         assert!(outbox.send(Utf8Bytes::from_static("large reply")).await);
-        assert_eq!(rx.recv().await.unwrap().as_str(), "large reply");
+        assert_eq!(outbox.next_batch(8).await, ["large reply"]);
     }
 }

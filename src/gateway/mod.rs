@@ -234,11 +234,11 @@ mod tests {
     #[tokio::test]
     async fn a_session_that_opens_once_the_drain_began_is_closed_at_once() {
         let gateway = Gateway::new(Config::default(), CancellationToken::new()).unwrap();
-        let (early, _) = Outbox::new(4, 1024);
+        let early = Outbox::new(4, 1024);
         let early = Arc::new(early);
         gateway.open_session(&early);
         gateway.draining.store(true, Ordering::Release);
-        let (late, _) = Outbox::new(4, 1024);
+        let late = Outbox::new(4, 1024);
         let late = Arc::new(late);
         gateway.open_session(&late);
         assert_eq!(early.close_requested(), None, "the drain closes it in its turn");

@@ -151,16 +151,14 @@ mod tests {
         let broker = Broker { subscriber: counting.clone(), ..MemoryBroker::start(registry.clone()) };
         let hub = Hub::new(registry.clone(), broker, resumes, Arc::default());
         let group = GroupName::new("g").unwrap();
-        let (a, mut rx_a) = Outbox::new(4, 1 << 20);
-        let (b, mut rx_b) = Outbox::new(4, 1 << 20);
-        let (a, b) = (Arc::new(a), Arc::new(b));
+        let (a, b) = (Arc::new(Outbox::new(4, 1 << 20)), Arc::new(Outbox::new(4, 1 << 20)));
         hub.join(&group, 1, &a, None).await.unwrap();
         hub.join(&group, 2, &b, None).await.unwrap();
         hub.join(&group, 2, &b, None).await.unwrap();
         assert_eq!(counting.subscribes.load(Ordering::SeqCst), 1);
 
         registry.deliver("g", Utf8Bytes::from_static("hello"));
-        let (fa, fb) = (rx_a.recv().await.unwrap(), rx_b.recv().await.unwrap());
+        let (fa, fb) = (a.next_batch(1).await[0].clone(), b.next_batch(1).await[0].clone());
         assert_eq!(fa.as_ptr(), fb.as_ptr(), "members share one encoded frame");
 
         assert!(hub.leave(&group, 1));

@@ -37,7 +37,7 @@ use crate::outbox::Outbox;
 use crate::protocol::{ClientInfo, Since, close};
 
 /// Read buffer per connection; tungstenite grows it for larger frames.
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 256;
 /// Bytes the writer gathers before writing to the socket (it also flushes when idle).
 const WRITE_BUFFER: usize = 8 * 1024;
 /// How long to wait for the client's close frame after sending ours.
@@ -109,13 +109,12 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, mut g
     grants.since = since;
     let handshake = auth::Handshake { peer, path, headers, token };
     let config = &gateway.config;
-    let (outbox, queue) = Outbox::new(config.outbound_queue, config.outbound_queue_bytes);
-    let outbox = Arc::new(outbox);
+    let outbox = Arc::new(Outbox::new(config.outbound_queue, config.outbound_queue_bytes));
     let id = gateway.open_session(&outbox);
     let client = format!("{}-{id}", gateway.node_id());
     let span = tracing::info_span!("session", %client, %peer);
     let (sink, mut stream) = socket.split();
-    let writer = writer::run(sink, queue, outbox.clone(), config.ping_interval, config.write_timeout);
+    let writer = writer::run(sink, outbox.clone(), config.ping_interval, config.write_timeout);
     let writer = tokio::spawn(writer.instrument(span.clone()));
     let info =
         ClientInfo { client: client.clone(), user: None, node: gateway.node_id().to_string(), info: None };
@@ -131,12 +130,15 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, mut g
         strikes: 0,
         last_seen: Instant::now(),
     };
+    // Everything but the read loop runs boxed: a session's task is as large as its largest
+    // state, and the hooks', egress' and recovery's futures would make every idle connection
+    // pay for them (they tripled the memory per connection).
     async move {
         tracing::debug!("connected");
-        match session.authenticate(&mut stream, handshake).await {
+        match Box::pin(session.authenticate(&mut stream, handshake)).await {
             Ok(assigned) => {
-                session.join_assigned(assigned).await;
-                session.join_route_groups().await;
+                Box::pin(session.join_assigned(assigned)).await;
+                Box::pin(session.join_route_groups()).await;
                 session.read(&mut stream).await;
             }
             Err(refused) => {
@@ -144,7 +146,7 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, mut g
                 session.outbox.close_with(refused.code, &refused.reason);
             }
         }
-        session.leave_all().await;
+        Box::pin(session.leave_all()).await;
         session.gateway.close_session(session.id);
         let code = session.outbox.close_requested();
         if let Some(code) = code.filter(|c| *c != close::NORMAL) {
@@ -185,8 +187,8 @@ impl Session {
             };
             self.last_seen = Instant::now();
             match frame {
-                Some(Ok(Message::Text(text))) => self.dispatch(&text).await,
-                Some(Ok(Message::Binary(_))) => self.refuse_binary().await,
+                Some(Ok(Message::Text(text))) => Box::pin(self.dispatch(&text)).await,
+                Some(Ok(Message::Binary(_))) => Box::pin(self.refuse_binary()).await,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None => {
                     self.outbox.close(close::NORMAL);
