@@ -16,18 +16,19 @@
 //!   progress for `write_timeout`), so the session is never wedged.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::protocol::close;
 
 pub(crate) struct Outbox {
     frames: Mutex<VecDeque<Utf8Bytes>>,
-    /// Wakes the writer when frames arrive.
+    /// A ping is due: the session's reader keeps the heartbeat's time, the writer sends it.
+    ping: AtomicBool,
+    /// Wakes the writer when frames arrive or a ping is due.
     ready: Notify,
     /// Frames and bytes queued and not yet taken by the writer (see [`Queued`]), bounded by
     /// `max_frames` and `max_bytes`.
@@ -42,8 +43,10 @@ pub(crate) struct Outbox {
     close_code: AtomicU16,
     /// The reason of the first close request, when it gave one.
     close_reason: OnceLock<String>,
-    /// Cancelled when a close is asked for; wakes the session's reader, its writer and senders.
-    closing: CancellationToken,
+    /// Set once a close was asked for and its reason recorded; `closed` wakes the session's
+    /// reader, its writer and senders then.
+    announced: AtomicBool,
+    closed: Notify,
 }
 
 impl Outbox {
@@ -52,6 +55,7 @@ impl Outbox {
     pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             frames: Mutex::new(VecDeque::new()),
+            ping: AtomicBool::new(false),
             ready: Notify::new(),
             queued: AtomicU64::new(0),
             max_frames: (capacity.max(1) as u64).min(Queued::FRAMES_MAX),
@@ -60,7 +64,8 @@ impl Outbox {
             room: Notify::new(),
             close_code: AtomicU16::new(0),
             close_reason: OnceLock::new(),
-            closing: CancellationToken::new(),
+            announced: AtomicBool::new(false),
+            closed: Notify::new(),
         }
     }
 
@@ -81,12 +86,20 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    /// The writer's side: waits for frames and takes up to `max` of them, oldest first.
-    pub(crate) async fn next_batch(&self, max: usize) -> VecDeque<Utf8Bytes> {
+    /// Asks the writer to ping the client.
+    pub(crate) fn ping(&self) {
+        self.ping.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    /// The writer's side: waits for frames or a due ping; takes up to `max` frames, oldest
+    /// first, and whether to ping first.
+    pub(crate) async fn next_batch(&self, max: usize) -> (bool, VecDeque<Utf8Bytes>) {
         loop {
+            let ping = self.ping.swap(false, Ordering::AcqRel);
             let batch = self.take(max);
-            if !batch.is_empty() {
-                return batch;
+            if ping || !batch.is_empty() {
+                return (ping, batch);
             }
             // A wake-up that came before this wait is kept by `Notify`: none is lost.
             self.ready.notified().await;
@@ -121,7 +134,7 @@ impl Outbox {
 
     async fn wait_for_room(&self, len: usize) -> bool {
         loop {
-            if self.closing.is_cancelled() {
+            if self.announced.load(Ordering::Acquire) {
                 return false;
             }
             let room = self.room.notified();
@@ -132,7 +145,7 @@ impl Outbox {
             if !reserved {
                 tokio::select! {
                     _ = &mut room => {}
-                    _ = self.closing.cancelled() => {}
+                    _ = self.closing() => {}
                 }
             }
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -165,7 +178,7 @@ impl Outbox {
     /// Asks the writer to close the connection with `code`. Later requests are ignored.
     pub(crate) fn close(&self, code: u16) {
         if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.closing.cancel();
+            self.announce();
         }
     }
 
@@ -173,8 +186,13 @@ impl Outbox {
     pub(crate) fn close_with(&self, code: u16, reason: &str) {
         if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             let _ = self.close_reason.set(reason.to_string());
-            self.closing.cancel();
+            self.announce();
         }
+    }
+
+    fn announce(&self) {
+        self.announced.store(true, Ordering::Release);
+        self.closed.notify_waiters();
     }
 
     /// The reason given with the close request, if any.
@@ -192,8 +210,16 @@ impl Outbox {
 
     /// Waits until a close is asked for and returns its code.
     pub(crate) async fn closing(&self) -> u16 {
-        self.closing.cancelled().await;
-        self.close_code.load(Ordering::Acquire)
+        loop {
+            // Registered before the code is read: a close in between still wakes it.
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.announced.load(Ordering::Acquire) {
+                return self.close_code.load(Ordering::Acquire);
+            }
+            closed.await;
+        }
     }
 }
 
@@ -231,8 +257,13 @@ mod tests {
         assert_eq!(outbox.closing().await, close::SLOW_CONSUMER);
         outbox.close(close::NORMAL);
         assert_eq!(outbox.close_requested(), Some(close::SLOW_CONSUMER), "first close wins");
-        assert_eq!(outbox.next_batch(1).await, ["a"]);
-        assert_eq!(outbox.next_batch(8).await, ["b"]);
+        let (ping, frames) = outbox.next_batch(1).await;
+        assert!(!ping);
+        assert_eq!(frames, ["a"]);
+        outbox.ping();
+        let (ping, frames) = outbox.next_batch(8).await;
+        assert!(ping, "a ping, then what is queued");
+        assert_eq!(frames, ["b"]);
     }
 
     #[tokio::test]
@@ -240,7 +271,7 @@ mod tests {
         let outbox = Arc::new(Outbox::new(3, 1024));
         let writer = tokio::spawn({
             let outbox = outbox.clone();
-            async move { outbox.next_batch(2).await }
+            async move { outbox.next_batch(2).await.1 }
         });
         tokio::task::yield_now().await;
         for frame in ["a", "b", "c"] {
@@ -272,7 +303,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!waiting.is_finished(), "7 + 6 bytes do not fit in 10");
-        assert_eq!(outbox.next_batch(8).await, ["1234567"]);
+        assert_eq!(outbox.next_batch(8).await.1, ["1234567"]);
         assert!(waiting.await.unwrap(), "sent once the first was taken");
 
         let blocked = tokio::spawn({
@@ -289,6 +320,6 @@ mod tests {
     async fn a_reply_larger_than_the_bound_goes_alone() {
         let outbox = Outbox::new(100, 4);
         assert!(outbox.send(Utf8Bytes::from_static("large reply")).await);
-        assert_eq!(outbox.next_batch(8).await, ["large reply"]);
+        assert_eq!(outbox.next_batch(8).await.1, ["large reply"]);
     }
 }

@@ -75,7 +75,7 @@ impl Session {
             let message = format!("{group} has no history: subscribe without since");
             return Err(RequestError::new(id, ErrorCode::BadRequest, message));
         }
-        if let Some(gate) = self.groups.get(&group) {
+        if let Some(gate) = self.groups.gate(&group) {
             return match (gate.clone(), history, since) {
                 (Some(gate), Some(policy), Some(since)) => {
                     self.recover_member(asked, &group, gate, policy, since).await
@@ -257,7 +257,7 @@ impl Session {
 
     /// Leaves every joined group (the last member out unsubscribes the instance).
     pub(super) async fn leave_all(&mut self) {
-        for (group, _) in std::mem::take(&mut self.groups) {
+        for (group, _) in std::mem::take(&mut self.groups).0 {
             self.leave(&group).await;
         }
     }
@@ -265,7 +265,7 @@ impl Session {
     /// Leaves groups the client may no longer be in (its identity changed), telling it so.
     pub(super) async fn leave_forbidden(&mut self) {
         let forbidden: Vec<GroupName> =
-            self.groups.keys().filter(|group| self.check_subscribe(group).is_err()).cloned().collect();
+            self.groups.names().filter(|group| self.check_subscribe(group).is_err()).cloned().collect();
         for group in forbidden {
             self.unsubscribe(&group).await;
             self.send(protocol::unsubscribed(&group, "forbidden")).await;
@@ -300,5 +300,37 @@ impl Session {
         if let Err(e) = self.gateway.hub.broker().publisher.broadcast(group, frame).await {
             tracing::warn!(%group, error = %e, "could not send a join/leave event");
         }
+    }
+}
+
+/// The groups a session is in, with the member's gate where the group has history. A short list
+/// (at most `max_groups_per_client`): searched in place, it takes less memory per session than
+/// a map, and most sessions are in one or two groups.
+#[derive(Default)]
+pub(super) struct Joined(Vec<(GroupName, Option<Arc<Gate>>)>);
+
+impl Joined {
+    fn gate(&self, group: &GroupName) -> Option<&Option<Arc<Gate>>> {
+        self.0.iter().find(|(g, _)| g == group).map(|(_, gate)| gate)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn insert(&mut self, group: GroupName, gate: Option<Arc<Gate>>) {
+        match self.0.iter_mut().find(|(g, _)| *g == group) {
+            Some(entry) => entry.1 = gate,
+            None => self.0.push((group, gate)),
+        }
+    }
+
+    fn remove(&mut self, group: &GroupName) -> Option<Option<Arc<Gate>>> {
+        let at = self.0.iter().position(|(g, _)| g == group)?;
+        Some(self.0.swap_remove(at).1)
+    }
+
+    fn names(&self) -> impl Iterator<Item = &GroupName> {
+        self.0.iter().map(|(group, _)| group)
     }
 }

@@ -31,7 +31,7 @@ use super::Gateway;
 use super::admission::Admitted;
 use crate::auth::Identity;
 use crate::group::GroupName;
-use crate::hub::{Gate, MemberId};
+use crate::hub::MemberId;
 use crate::metrics;
 use crate::outbox::Outbox;
 use crate::protocol::{ClientInfo, Since, close};
@@ -95,13 +95,15 @@ pub(super) struct Session {
     identity: Option<Identity>,
     /// Groups this session joined (with the member's gate where the group has history), so it
     /// can recover in them and leave them all when it ends.
-    groups: HashMap<GroupName, Option<Arc<Gate>>>,
+    groups: membership::Joined,
     grants: Grants,
     limiter: DefaultDirectRateLimiter,
     /// Requests refused by the rate limit in a row.
     strikes: u32,
     /// When the client last sent anything (a pong counts): the heartbeat's reference.
     last_seen: Instant,
+    /// When the writer is to ping the client next (every `ping_interval`).
+    next_ping: Instant,
 }
 
 async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, mut grants: Grants) {
@@ -114,10 +116,10 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, mut g
     let client = format!("{}-{id}", gateway.node_id());
     let span = tracing::info_span!("session", %client, %peer);
     let (sink, mut stream) = socket.split();
-    let writer = writer::run(sink, outbox.clone(), config.ping_interval, config.write_timeout);
+    let writer = writer::run(sink, outbox.clone(), config.write_timeout);
     let writer = tokio::spawn(writer.instrument(span.clone()));
-    let info =
-        ClientInfo { client: client.clone(), user: None, node: gateway.node_id().to_string(), info: None };
+    let info = ClientInfo { client, user: None, node: gateway.node_id().to_string(), info: None };
+    let next_ping = Instant::now() + config.ping_interval;
     let mut session = Session {
         limiter: rate_limiter(config.rate_limit, config.rate_limit_burst, &gateway.clock),
         gateway,
@@ -125,10 +127,11 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, mut g
         outbox,
         info,
         identity: None,
-        groups: HashMap::new(),
+        groups: membership::Joined::default(),
         grants,
         strikes: 0,
         last_seen: Instant::now(),
+        next_ping,
     };
     // Everything but the read loop runs boxed: a session's task is as large as its largest
     // state, and the hooks', egress' and recovery's futures would make every idle connection
@@ -180,6 +183,10 @@ impl Session {
                         self.outbox.close(code);
                         break;
                     }
+                    if self.next_ping <= Instant::now() {
+                        self.outbox.ping();
+                        self.next_ping += self.gateway.config.ping_interval;
+                    }
                     deadline.as_mut().reset(self.deadline());
                     continue;
                 }
@@ -202,12 +209,12 @@ impl Session {
         }
     }
 
-    /// The next moment the session must be checked: heartbeat or token expiry.
+    /// The next moment the session must be checked: a ping, the heartbeat, or token expiry.
     fn deadline(&self) -> Instant {
-        let silent_until = self.silent_until();
+        let next = self.silent_until().min(self.next_ping);
         match self.token_expiry() {
-            Some(expiry) => silent_until.min(expiry),
-            None => silent_until,
+            Some(expiry) => next.min(expiry),
+            None => next,
         }
     }
 

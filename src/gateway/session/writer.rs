@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
-use futures_util::{FutureExt, SinkExt};
 
 use crate::outbox::Outbox;
 use crate::protocol::close;
@@ -26,15 +26,9 @@ const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Sink = SplitSink<WebSocket, Message>;
 
-/// Drains the outbox into `sink` and pings the client every `ping_interval`, until a close is
+/// Drains the outbox into `sink`, pinging the client when the session asks, until a close is
 /// asked for (then sends it), the socket fails, or a write stalls for `write_timeout`.
-pub(super) async fn run(
-    mut sink: Sink,
-    outbox: Arc<Outbox>,
-    ping_interval: Duration,
-    write_timeout: Duration,
-) {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+pub(super) async fn run(mut sink: Sink, outbox: Arc<Outbox>, write_timeout: Duration) {
     // Registered once: every frame wakes this loop, and re-arming the wait each time cost
     // a measurable share of fan-out.
     let closing = outbox.closing();
@@ -43,8 +37,7 @@ pub(super) async fn run(
         let written = tokio::select! {
             biased;
             code = &mut closing => return send_close(&mut sink, &outbox, code).await,
-            batch = outbox.next_batch(MAX_BATCH) => write_batch(&mut sink, batch).left_future(),
-            _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).right_future(),
+            (ping, batch) = outbox.next_batch(MAX_BATCH) => write_batch(&mut sink, ping, batch),
         };
         // Most writes finish at once (the socket has room), and arming the write timeout's timer
         // for each cost a twentieth of the fan-out: it is armed only for a write that waits.
@@ -86,7 +79,10 @@ enum Outcome {
     Stalled,
 }
 
-async fn write_batch(sink: &mut Sink, batch: VecDeque<Utf8Bytes>) -> Result<(), axum::Error> {
+async fn write_batch(sink: &mut Sink, ping: bool, batch: VecDeque<Utf8Bytes>) -> Result<(), axum::Error> {
+    if ping {
+        sink.feed(Message::Ping(Bytes::new())).await?;
+    }
     for frame in batch {
         sink.feed(Message::Text(frame)).await?;
     }
