@@ -23,7 +23,10 @@ def make_layer(args):
     keys = args.keys.split(",") if args.keys else None
     options = {"hosts": [args.url], "prefix": args.prefix, "symmetric_encryption_keys": keys}
     if args.layer == "core":
-        return RedisChannelLayer(**options)
+        # The tests count every event; the default capacity (100 per channel) would let
+        # group_send drop events whenever the bridge, sharing a test's single thread with the
+        # gateways and clients, is a burst behind.
+        return RedisChannelLayer(capacity=10_000, **options)
     return RedisPubSubChannelLayer(**options)
 
 
