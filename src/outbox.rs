@@ -1,11 +1,11 @@
 //! A client's bounded outbound queue and its close signal.
 //!
 //! The queue is bounded both in frames (`outbound_queue`) and in bytes (`outbound_queue_bytes`),
-//! and both bounds cover every frame: group messages and the session's own replies alike. Both
-//! are counted in one atomic word, and the frames wait in a plain deque under a lock only their
-//! pusher and the writer take: a fan-out push is one atomic update, one uncontended lock and a
-//! wake-up (a bounded channel's semaphore cost a tenth of the fan-out), and an idle client's queue
-//! holds no memory (a channel kept a block of 32 slots per client).
+//! and both bounds cover every frame: group messages and the session's own replies alike. The
+//! frames and their byte count sit under one lock that only their pusher and the writer take: a
+//! fan-out push is one uncontended lock and a wake-up (a bounded channel's semaphore cost a
+//! tenth of the fan-out, and a separate atomic count shared a cache line between the two
+//! threads), and an idle client's queue holds no memory (a channel kept a block of 32 slots).
 //!
 //! - The hub pushes group messages with [`Outbox::push`], which never waits: when the queue is
 //!   full the client is too slow, and it is closed with 4008 instead of slowing the broker reader
@@ -16,7 +16,7 @@
 //!   progress for `write_timeout`), so the session is never wedged.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
@@ -25,16 +25,13 @@ use tokio::sync::Notify;
 use crate::protocol::close;
 
 pub(crate) struct Outbox {
-    frames: Mutex<VecDeque<Utf8Bytes>>,
+    queue: Mutex<Queue>,
+    max_frames: usize,
+    max_bytes: usize,
     /// A ping is due: the session's reader keeps the heartbeat's time, the writer sends it.
     ping: AtomicBool,
     /// Wakes the writer when frames arrive or a ping is due.
     ready: Notify,
-    /// Frames and bytes queued and not yet taken by the writer (see [`Queued`]), bounded by
-    /// `max_frames` and `max_bytes`.
-    queued: AtomicU64,
-    max_frames: u64,
-    max_bytes: u64,
     /// Senders waiting for bytes to be taken; the writer wakes them only when there are any,
     /// so fan-out pays nothing for the wake-up.
     waiting: AtomicUsize,
@@ -49,17 +46,23 @@ pub(crate) struct Outbox {
     closed: Notify,
 }
 
+/// The frames not yet taken by the writer, and their bytes.
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Utf8Bytes>,
+    bytes: usize,
+}
+
 impl Outbox {
     /// A queue of at most `capacity` frames and `max_bytes` bytes, which the session's writer
     /// empties with [`Outbox::next_batch`].
     pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
-            frames: Mutex::new(VecDeque::new()),
+            queue: Mutex::default(),
+            max_frames: capacity.max(1),
+            max_bytes,
             ping: AtomicBool::new(false),
             ready: Notify::new(),
-            queued: AtomicU64::new(0),
-            max_frames: (capacity.max(1) as u64).min(Queued::FRAMES_MAX),
-            max_bytes: (max_bytes as u64).min(Queued::BYTES_MAX),
             waiting: AtomicUsize::new(0),
             room: Notify::new(),
             close_code: AtomicU16::new(0),
@@ -72,18 +75,28 @@ impl Outbox {
     /// Queues a fan-out frame without waiting; a full queue (in frames or bytes) closes the
     /// client with 4008. Returns whether the frame was queued.
     pub(crate) fn push(&self, frame: Utf8Bytes) -> bool {
-        let len = frame.len();
-        if !self.reserve(len, false) {
+        if self.try_queue(frame, false).is_err() {
             self.close(close::SLOW_CONSUMER);
             return false;
         }
-        self.enqueue(frame);
         true
     }
 
-    fn enqueue(&self, frame: Utf8Bytes) {
-        crate::lock(&self.frames).push_back(frame);
+    /// Queues `frame` if it fits in frames and bytes (or, when `alone_if_empty`, if nothing is
+    /// queued), and wakes the writer; gives the frame back otherwise.
+    fn try_queue(&self, frame: Utf8Bytes, alone_if_empty: bool) -> Result<(), Utf8Bytes> {
+        {
+            let mut queue = crate::lock(&self.queue);
+            let fits = queue.frames.len() < self.max_frames && queue.bytes + frame.len() <= self.max_bytes;
+            let alone = alone_if_empty && queue.frames.is_empty();
+            if !(fits || alone) {
+                return Err(frame);
+            }
+            queue.bytes += frame.len();
+            queue.frames.push_back(frame);
+        }
         self.ready.notify_one();
+        Ok(())
     }
 
     /// Asks the writer to ping the client.
@@ -92,47 +105,54 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    /// The writer's side: waits for frames or a due ping; takes up to `max` frames, oldest
-    /// first, and whether to ping first.
-    pub(crate) async fn next_batch(&self, max: usize) -> (bool, VecDeque<Utf8Bytes>) {
+    /// The writer's side: waits for frames or a due ping; moves up to `max` frames, oldest
+    /// first, into `batch` (empty, the writer's buffer from the burst before) and tells whether
+    /// to ping first. When every queued frame fits, the two buffers change places, so a busy
+    /// client's queue grows its buffer once rather than on every burst.
+    pub(crate) async fn next_batch(&self, max: usize, batch: &mut VecDeque<Utf8Bytes>) -> bool {
         loop {
             let ping = self.ping.swap(false, Ordering::AcqRel);
-            let batch = self.take(max);
+            self.take_into(max, batch);
             if ping || !batch.is_empty() {
-                return (ping, batch);
+                return ping;
             }
             // A wake-up that came before this wait is kept by `Notify`: none is lost.
             self.ready.notified().await;
         }
     }
 
-    /// Takes up to `max` queued frames without waiting (all of them, in one swap, when they
-    /// fit: the emptied queue then holds no memory).
+    /// Takes up to `max` queued frames without waiting.
     pub(crate) fn take(&self, max: usize) -> VecDeque<Utf8Bytes> {
-        let batch = {
-            let mut frames = crate::lock(&self.frames);
-            if frames.len() <= max { std::mem::take(&mut *frames) } else { frames.drain(..max).collect() }
-        };
-        if !batch.is_empty() {
-            let bytes: u64 = batch.iter().map(|frame| (frame.len() as u64).min(Queued::BYTES_MAX)).sum();
-            self.release_many(batch.len() as u64, bytes);
-        }
+        let mut batch = VecDeque::new();
+        self.take_into(max, &mut batch);
         batch
+    }
+
+    /// Moves up to `max` queued frames into the empty `batch` (all of them, by swapping the
+    /// buffers, when they fit) and wakes waiting senders.
+    fn take_into(&self, max: usize, batch: &mut VecDeque<Utf8Bytes>) {
+        {
+            let mut queue = crate::lock(&self.queue);
+            if queue.frames.is_empty() {
+                return;
+            }
+            if queue.frames.len() <= max {
+                std::mem::swap(&mut queue.frames, batch);
+                queue.bytes = 0;
+            } else {
+                batch.extend(queue.frames.drain(..max));
+                queue.bytes -= batch.iter().map(|frame| frame.len()).sum::<usize>();
+            }
+        }
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.room.notify_waiters();
+        }
     }
 
     /// Queues a frame for this client alone, waiting for room in frames and bytes (a frame
     /// larger than the byte bound goes alone into an empty queue). False once a close was asked
     /// for or the writer is gone.
-    pub(crate) async fn send(&self, frame: Utf8Bytes) -> bool {
-        let len = frame.len();
-        if !self.wait_for_room(len).await {
-            return false;
-        }
-        self.enqueue(frame);
-        true
-    }
-
-    async fn wait_for_room(&self, len: usize) -> bool {
+    pub(crate) async fn send(&self, mut frame: Utf8Bytes) -> bool {
         loop {
             if self.announced.load(Ordering::Acquire) {
                 return false;
@@ -140,38 +160,20 @@ impl Outbox {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
+            // Counted before trying: a writer taking frames in between sees the wait and wakes it.
             self.waiting.fetch_add(1, Ordering::AcqRel);
-            let reserved = self.reserve(len, true);
-            if !reserved {
+            let unsent = self.try_queue(frame, true).err();
+            if unsent.is_some() {
                 tokio::select! {
                     _ = &mut room => {}
                     _ = self.closing() => {}
                 }
             }
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            if reserved {
-                return true;
+            match unsent {
+                None => return true,
+                Some(unsent) => frame = unsent,
             }
-        }
-    }
-
-    /// Counts a frame of `len` bytes as queued if it fits in frames and bytes (or, when
-    /// `alone_if_empty`, if nothing is queued).
-    fn reserve(&self, len: usize, alone_if_empty: bool) -> bool {
-        let len = (len as u64).min(Queued::BYTES_MAX);
-        self.queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-                let (frames, bytes) = Queued::split(queued);
-                let fits = frames < self.max_frames && bytes + len <= self.max_bytes;
-                (fits || (alone_if_empty && frames == 0)).then_some(queued + Queued::one(len))
-            })
-            .is_ok()
-    }
-
-    fn release_many(&self, frames: u64, bytes: u64) {
-        self.queued.fetch_sub((frames << Queued::BYTES_BITS) + bytes, Ordering::AcqRel);
-        if self.waiting.load(Ordering::Acquire) > 0 {
-            self.room.notify_waiters();
         }
     }
 
@@ -223,24 +225,6 @@ impl Outbox {
     }
 }
 
-/// Frames and bytes queued, in one word: frames in the high 24 bits, bytes in the low 40.
-struct Queued;
-
-impl Queued {
-    const BYTES_BITS: u32 = 40;
-    const BYTES_MAX: u64 = (1 << Self::BYTES_BITS) - 1;
-    const FRAMES_MAX: u64 = (1 << (64 - Self::BYTES_BITS)) - 1;
-
-    /// One frame of `len` bytes.
-    fn one(len: u64) -> u64 {
-        (1 << Self::BYTES_BITS) + len
-    }
-
-    fn split(queued: u64) -> (u64, u64) {
-        (queued >> Self::BYTES_BITS, queued & Self::BYTES_MAX)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -257,12 +241,12 @@ mod tests {
         assert_eq!(outbox.closing().await, close::SLOW_CONSUMER);
         outbox.close(close::NORMAL);
         assert_eq!(outbox.close_requested(), Some(close::SLOW_CONSUMER), "first close wins");
-        let (ping, frames) = outbox.next_batch(1).await;
-        assert!(!ping);
+        let mut frames = VecDeque::new();
+        assert!(!outbox.next_batch(1, &mut frames).await);
         assert_eq!(frames, ["a"]);
+        frames.clear();
         outbox.ping();
-        let (ping, frames) = outbox.next_batch(8).await;
-        assert!(ping, "a ping, then what is queued");
+        assert!(outbox.next_batch(8, &mut frames).await, "a ping, then what is queued");
         assert_eq!(frames, ["b"]);
     }
 
@@ -271,7 +255,11 @@ mod tests {
         let outbox = Arc::new(Outbox::new(3, 1024));
         let writer = tokio::spawn({
             let outbox = outbox.clone();
-            async move { outbox.next_batch(2).await.1 }
+            async move {
+                let mut frames = VecDeque::new();
+                outbox.next_batch(2, &mut frames).await;
+                frames
+            }
         });
         tokio::task::yield_now().await;
         for frame in ["a", "b", "c"] {
@@ -303,7 +291,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!waiting.is_finished(), "7 + 6 bytes do not fit in 10");
-        assert_eq!(outbox.next_batch(8).await.1, ["1234567"]);
+        assert_eq!(outbox.take(8), ["1234567"]);
         assert!(waiting.await.unwrap(), "sent once the first was taken");
 
         let blocked = tokio::spawn({
@@ -320,6 +308,6 @@ mod tests {
     async fn a_reply_larger_than_the_bound_goes_alone() {
         let outbox = Outbox::new(100, 4);
         assert!(outbox.send(Utf8Bytes::from_static("large reply")).await);
-        assert_eq!(outbox.next_batch(8).await.1, ["large reply"]);
+        assert_eq!(outbox.take(8), ["large reply"]);
     }
 }

@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(counting.subscribes.load(Ordering::SeqCst), 1);
 
         registry.deliver("g", Utf8Bytes::from_static("hello"));
-        let (fa, fb) = (a.next_batch(1).await.1[0].clone(), b.next_batch(1).await.1[0].clone());
+        let (fa, fb) = (a.take(1)[0].clone(), b.take(1)[0].clone());
         assert_eq!(fa.as_ptr(), fb.as_ptr(), "members share one encoded frame");
 
         assert!(hub.leave(&group, 1));

@@ -21,6 +21,9 @@ use crate::protocol::close;
 
 /// Frames coalesced into one flush at most, so one busy client cannot hog a worker thread.
 const MAX_BATCH: usize = 64;
+/// The largest burst buffer a writer keeps for the next burst: a busy client reuses one, and a
+/// client that once had a backlog does not keep its memory.
+const SPARE_FRAMES: usize = MAX_BATCH;
 /// How long sending the close frame may take before the connection is simply dropped.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -33,12 +36,16 @@ pub(super) async fn run(mut sink: Sink, outbox: Arc<Outbox>, write_timeout: Dura
     // a measurable share of fan-out.
     let closing = outbox.closing();
     tokio::pin!(closing);
+    // The burst being written; kept between bursts (up to `SPARE_FRAMES`) to trade places with
+    // the outbox's queue.
+    let mut batch = VecDeque::new();
     loop {
-        let written = tokio::select! {
+        let ping = tokio::select! {
             biased;
             code = &mut closing => return send_close(&mut sink, &outbox, code).await,
-            (ping, batch) = outbox.next_batch(MAX_BATCH) => write_batch(&mut sink, ping, batch),
+            ping = outbox.next_batch(MAX_BATCH, &mut batch) => ping,
         };
+        let written = write_batch(&mut sink, ping, &mut batch);
         // Most writes finish at once (the socket has room), and arming the write timeout's timer
         // for each cost a twentieth of the fan-out: it is armed only for a write that waits.
         let outcome = {
@@ -69,6 +76,9 @@ pub(super) async fn run(mut sink: Sink, outbox: Arc<Outbox>, write_timeout: Dura
             outbox.close(close::NORMAL);
             return;
         }
+        if batch.capacity() > SPARE_FRAMES {
+            batch = VecDeque::new();
+        }
     }
 }
 
@@ -79,11 +89,17 @@ enum Outcome {
     Stalled,
 }
 
-async fn write_batch(sink: &mut Sink, ping: bool, batch: VecDeque<Utf8Bytes>) -> Result<(), axum::Error> {
+/// Writes the ping if one is due, then every frame of `batch` (leaving it empty), with one
+/// flush.
+async fn write_batch(
+    sink: &mut Sink,
+    ping: bool,
+    batch: &mut VecDeque<Utf8Bytes>,
+) -> Result<(), axum::Error> {
     if ping {
         sink.feed(Message::Ping(Bytes::new())).await?;
     }
-    for frame in batch {
+    while let Some(frame) = batch.pop_front() {
         sink.feed(Message::Text(frame)).await?;
     }
     sink.flush().await
