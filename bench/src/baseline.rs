@@ -3,20 +3,26 @@
 //! It runs as a process of its own (`herald-bench` starts itself with `--serve-baseline`), like
 //! a gateway, so its CPU and memory are measured the same way and it does not share a runtime
 //! with the load's clients. It does what the best possible server would do for a broadcast and
-//! nothing more: every message is one shared frame sent to every client, by one task per client
-//! that takes everything queued and flushes once per burst; no protocol, no broker, no limits.
+//! nothing more: every message is one shared frame pushed to the queue of each member of its
+//! group (named on the URL, `/ws?groups=0,5`: bench groups by number), and one task per client
+//! takes everything queued and flushes once per burst; no protocol, no broker, no limits.
 //! Its intakes are the ones Herald has, minus the work: `SSUBSCRIBE` to the bench groups'
 //! channels on Redis (the frame is the message as published), `POST /api/publish` (`{"group",
-//! "data"}`, answered at once), and `publish` frames from its WebSocket clients.
+//! "data"}` or an array of them, answered at once), and `publish` frames from its WebSocket
+//! clients; and one Herald has not, a timer in the server itself (`POST /timer`), for the
+//! ceiling of fan-out with no publisher in the way.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::routing::{get, post};
 use futures_util::{SinkExt, StreamExt};
 use herald::group::GroupName;
@@ -24,9 +30,9 @@ use herald::protocol;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
 
-/// Frames in flight per client before a lagging client is dropped (Herald's `outbound_queue`).
+/// Frames queued per client before a lagging client is dropped (Herald's `outbound_queue`).
 const LAG: usize = 1024;
 
 /// What the baseline process needs to know: where the gateways' Redis is, and the groups.
@@ -70,13 +76,16 @@ impl Baseline {
 /// Runs the baseline server in this process until it is killed: prints `listening on <addr>`
 /// once it serves and its Redis subscriptions are confirmed.
 pub async fn serve(args: ServeArgs<'_>) -> anyhow::Result<()> {
-    let (frames, _) = broadcast::channel::<Utf8Bytes>(LAG);
-    let groups: Vec<GroupName> =
-        (0..args.groups).map(|n| GroupName::new(&format!("bench.{n}")).expect("bench group")).collect();
-    let channels = groups.iter().map(|g| herald::group_channel(args.redis_prefix, g)).collect();
-    tokio::spawn(redis_intake(args.redis_url.to_string(), channels, frames.clone()).await?);
-    let app =
-        Router::new().route("/ws", get(upgrade)).route("/api/publish", post(http_intake)).with_state(frames);
+    let groups = Arc::new(Groups((0..args.groups).map(|_| Mutex::default()).collect()));
+    let channels = (0..args.groups)
+        .map(|n| herald::group_channel(args.redis_prefix, &crate::load::bench_group(n as u64)))
+        .collect();
+    tokio::spawn(redis_intake(args.redis_url.to_string(), channels, groups.clone()).await?);
+    let app = Router::new()
+        .route("/ws", get(upgrade))
+        .route("/api/publish", post(http_intake))
+        .route("/timer", post(timer_intake))
+        .with_state(groups);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let mut stdout = tokio::io::stdout();
@@ -86,45 +95,112 @@ pub async fn serve(args: ServeArgs<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The members of each bench group, by number.
+struct Groups(Vec<Mutex<Vec<Arc<Queue>>>>);
+
+impl Groups {
+    /// Queues `frame` for every member of group `n`.
+    fn deliver(&self, n: usize, frame: Utf8Bytes) {
+        if let Some(members) = self.0.get(n) {
+            for queue in lock(members).iter() {
+                queue.push(frame.clone());
+            }
+        }
+    }
+
+    /// Queues a message handed over by name (`bench.<n>`).
+    fn publish(&self, publish: &Publish) {
+        if let Some(n) = publish.group.as_str().strip_prefix("bench.").and_then(|n| n.parse().ok()) {
+            self.deliver(n, protocol::message(&publish.group, &publish.data));
+        }
+    }
+}
+
+/// One client's frames, waiting for its writer.
+#[derive(Default)]
+struct Queue {
+    frames: Mutex<VecDeque<Utf8Bytes>>,
+    ready: Notify,
+    /// Set when the client fell `LAG` frames behind: it is dropped.
+    lagged: AtomicBool,
+}
+
+impl Queue {
+    fn push(&self, frame: Utf8Bytes) {
+        let mut frames = lock(&self.frames);
+        if frames.len() >= LAG {
+            self.lagged.store(true, Ordering::Relaxed);
+        } else {
+            frames.push_back(frame);
+        }
+        drop(frames);
+        self.ready.notify_one();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `?groups=0,5`: the bench groups a client is in (group 0 when absent).
+#[derive(Deserialize)]
+struct Join {
+    groups: Option<String>,
+}
+
 async fn upgrade(
-    State(frames): State<broadcast::Sender<Utf8Bytes>>,
+    State(groups): State<Arc<Groups>>,
+    Query(join): Query<Join>,
     ws: WebSocketUpgrade,
 ) -> axum::response::Response {
-    ws.read_buffer_size(4096).write_buffer_size(8192).on_upgrade(move |socket| client(socket, frames))
+    let member_of: Vec<usize> = match join.groups {
+        Some(list) => list.split(',').filter_map(|n| n.parse().ok()).collect(),
+        None => vec![0],
+    };
+    ws.read_buffer_size(4096)
+        .write_buffer_size(8192)
+        .on_upgrade(move |socket| client(socket, groups, member_of))
 }
 
 /// One client: every frame queued for it is written, a burst at a time with one flush; its own
-/// `publish` frames are broadcast.
-async fn client(socket: WebSocket, frames: broadcast::Sender<Utf8Bytes>) {
-    let mut queue = frames.subscribe();
+/// `publish` frames are delivered to their group.
+async fn client(socket: WebSocket, groups: Arc<Groups>, member_of: Vec<usize>) {
+    let queue = Arc::new(Queue::default());
+    for &n in &member_of {
+        if let Some(members) = groups.0.get(n) {
+            lock(members).push(queue.clone());
+        }
+    }
     let (mut sink, mut stream) = socket.split();
     loop {
         tokio::select! {
-            frame = queue.recv() => {
-                let Ok(frame) = frame else { return }; // lagged or closed: a slow consumer
-                if sink.feed(Message::Text(frame)).await.is_err() {
-                    return;
+            () = queue.ready.notified() => {
+                if queue.lagged.load(Ordering::Relaxed) {
+                    break; // a slow consumer
                 }
-                loop {
-                    match queue.try_recv() {
-                        Ok(frame) => if sink.feed(Message::Text(frame)).await.is_err() { return },
-                        Err(broadcast::error::TryRecvError::Empty) => break,
-                        Err(_) => return,
-                    }
+                let burst = std::mem::take(&mut *lock(&queue.frames));
+                let mut written = true;
+                for frame in burst {
+                    written = written && sink.feed(Message::Text(frame)).await.is_ok();
                 }
-                if sink.flush().await.is_err() {
-                    return;
+                if !written || sink.flush().await.is_err() {
+                    break;
                 }
             }
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     if let Ok(publish) = serde_json::from_str::<Publish>(&text) {
-                        let _ = frames.send(publish.frame());
+                        groups.publish(&publish);
                     }
                 }
                 Some(Ok(_)) => {}
-                _ => return,
+                _ => break,
             },
+        }
+    }
+    for &n in &member_of {
+        if let Some(members) = groups.0.get(n) {
+            lock(members).retain(|member| !Arc::ptr_eq(member, &queue));
         }
     }
 }
@@ -137,23 +213,51 @@ struct Publish {
     data: Box<RawValue>,
 }
 
-impl Publish {
-    fn frame(&self) -> Utf8Bytes {
-        protocol::message(&self.group, &self.data)
+/// `POST /api/publish`: one message, or an array of them.
+async fn http_intake(State(groups): State<Arc<Groups>>, body: Bytes) -> axum::http::StatusCode {
+    let parsed = if body.trim_ascii_start().starts_with(b"[") {
+        serde_json::from_slice::<Vec<Publish>>(&body).map(|all| all.iter().for_each(|p| groups.publish(p)))
+    } else {
+        serde_json::from_slice::<Publish>(&body).map(|publish| groups.publish(&publish))
+    };
+    match parsed {
+        Ok(()) => axum::http::StatusCode::OK,
+        Err(_) => axum::http::StatusCode::BAD_REQUEST,
     }
 }
 
-async fn http_intake(
-    State(frames): State<broadcast::Sender<Utf8Bytes>>,
-    body: Bytes,
-) -> axum::http::StatusCode {
-    match serde_json::from_slice::<Publish>(&body) {
-        Ok(publish) => {
-            let _ = frames.send(publish.frame());
-            axum::http::StatusCode::OK
+/// What `POST /timer` asks for: `rate` messages per second with `size`-byte payloads, spread
+/// over the first `groups` bench groups, for `millis`.
+#[derive(Deserialize)]
+pub struct Timer {
+    pub rate: u64,
+    pub size: usize,
+    pub groups: usize,
+    pub millis: u64,
+}
+
+/// `POST /timer`: publishes as the load's publisher would, from a timer in this process, and
+/// answers how many messages it published once the time is up.
+async fn timer_intake(
+    State(groups): State<Arc<Groups>>,
+    axum::Json(timer): axum::Json<Timer>,
+) -> axum::Json<serde_json::Value> {
+    let pad = "x".repeat(timer.size.saturating_sub(28));
+    let duration = std::time::Duration::from_millis(timer.millis);
+    let started = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(std::time::Duration::from_millis(1));
+    let mut sent = 0u64;
+    while started.elapsed() < duration {
+        ticks.tick().await;
+        let due = (timer.rate as f64 * started.elapsed().as_secs_f64()) as u64;
+        for n in sent..due {
+            let data = crate::load::payload(&pad);
+            let group = (n % timer.groups.max(1) as u64) as usize;
+            groups.deliver(group, protocol::message(&crate::load::bench_group(group as u64), &data));
         }
-        Err(_) => axum::http::StatusCode::BAD_REQUEST,
+        sent = due.max(sent);
     }
+    axum::Json(serde_json::json!({ "published": sent }))
 }
 
 /// Subscribes to `channels` on the Redis at `url` (raw RESP2, as little work as a subscriber can
@@ -161,7 +265,7 @@ async fn http_intake(
 async fn redis_intake(
     url: String,
     channels: Vec<String>,
-    frames: broadcast::Sender<Utf8Bytes>,
+    groups: Arc<Groups>,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     use redis_protocol::codec::Resp2;
     use redis_protocol::resp2::types::BytesFrame;
@@ -190,13 +294,16 @@ async fn redis_intake(
             _ => anyhow::bail!("redis closed the baseline's subscription"),
         }
     }
+    let numbers: HashMap<Bytes, usize> =
+        channels.into_iter().enumerate().map(|(n, channel)| (Bytes::from(channel), n)).collect();
     Ok(async move {
         let _writer = writer;
-        while let Some(Ok(BytesFrame::Array(mut parts))) = reader.next().await {
-            if let (3, Some(BytesFrame::BulkString(payload))) = (parts.len(), parts.pop())
-                && let Ok(frame) = Utf8Bytes::try_from(payload)
+        while let Some(Ok(BytesFrame::Array(parts))) = reader.next().await {
+            if let [_, BytesFrame::BulkString(channel), BytesFrame::BulkString(payload)] = &parts[..]
+                && let Some(&n) = numbers.get(channel)
+                && let Ok(frame) = Utf8Bytes::try_from(payload.clone())
             {
-                let _ = frames.send(frame);
+                groups.deliver(n, frame);
             }
         }
     })

@@ -214,15 +214,26 @@ async fn connect_all(
     let started = Instant::now();
     for i in 0..args.clients {
         let slot = slots.clone().acquire_owned().await.expect("semaphore open");
-        let mut url = urls[i % urls.len()].clone();
-        if let (Some(token), true) = (&args.token, herald) {
-            url = format!("{url}{}token={token}", if url.contains('?') { '&' } else { '?' });
+        // Contiguous shares, so that a group's members (see `client_groups`) are on several
+        // gateways.
+        let mut url = urls[i * urls.len() / args.clients].clone();
+        let groups = client_groups(args, i);
+        let query = if herald {
+            args.token.as_ref().map(|token| format!("token={token}"))
+        } else {
+            let numbers: Vec<String> = groups.iter().map(u64::to_string).collect();
+            Some(format!("groups={}", numbers.join(",")))
+        };
+        if let Some(query) = query {
+            url = format!("{url}{}{query}", if url.contains('?') { '&' } else { '?' });
         }
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % args.sources as usize) as u8));
-        let group = bench_group(i as u64 % args.groups as u64);
+        // The baseline learns a client's groups from the URL; Herald's clients subscribe.
+        let subscribe: Vec<GroupName> =
+            if herald { groups.into_iter().map(bench_group).collect() } else { Vec::new() };
         let (stats, ready) = (stats.clone(), ready_tx.clone());
         clients.spawn(async move {
-            let joined = tokio::time::timeout(CONNECT_TIMEOUT, join(&url, source, herald.then_some(&group)))
+            let joined = tokio::time::timeout(CONNECT_TIMEOUT, join(&url, source, &subscribe))
                 .await
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("no session within {CONNECT_TIMEOUT:?}")));
             drop(slot);
@@ -253,8 +264,15 @@ async fn connect_all(
     (clients, connected, rate)
 }
 
-/// Connects from `source`, and for Herald subscribes to `group` and waits for the reply.
-async fn join(url: &str, source: IpAddr, group: Option<&GroupName>) -> anyhow::Result<Socket> {
+/// The bench groups client `i` is in: `--groups-per-client` of them, a stride apart, so every
+/// group has the same number of members.
+fn client_groups(args: &BenchArgs, i: usize) -> Vec<u64> {
+    let (groups, per_client) = (args.groups, args.groups_per_client);
+    (0..per_client).map(|j| ((i + j * (groups / per_client)) % groups) as u64).collect()
+}
+
+/// Connects from `source`, subscribes to `groups` and waits for the replies.
+async fn join(url: &str, source: IpAddr, groups: &[GroupName]) -> anyhow::Result<Socket> {
     let request = url.into_client_request()?;
     let authority = request.uri().authority().context("url without host")?.as_str().to_string();
     let addr: SocketAddr = tokio::net::lookup_host(&authority).await?.next().context("unresolved host")?;
@@ -270,21 +288,24 @@ async fn join(url: &str, source: IpAddr, group: Option<&GroupName>) -> anyhow::R
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config))
             .await?;
-    if let Some(group) = group {
-        // Sent without waiting for the welcome, as the protocol allows: the session answers
-        // it right after the welcome, and the two frames often share one packet.
-        let subscribe = ClientFrame::Subscribe { group, id: Some(1) }.encode();
-        ws.send(Message::text(subscribe)).await?;
-        loop {
-            let frame = ws.next().await.context("closed while subscribing")??;
-            let Message::Text(text) = frame else { continue };
-            let answer: serde_json::Value =
-                serde_json::from_str(&text).context("a frame that is not JSON")?;
-            match answer["type"].as_str() {
-                Some("reply") => break,
-                Some("error") => anyhow::bail!("subscribe refused: {text}"),
-                _ => {}
-            }
+    if groups.is_empty() {
+        return Ok(ws);
+    }
+    // Sent without waiting for the welcome, as the protocol allows: the session answers them
+    // right after the welcome, and the frames often share one packet.
+    for (id, group) in (1..).zip(groups) {
+        ws.feed(Message::text(ClientFrame::Subscribe { group, id: Some(id) }.encode())).await?;
+    }
+    ws.flush().await?;
+    let mut replies = 0;
+    while replies < groups.len() {
+        let frame = ws.next().await.context("closed while subscribing")??;
+        let Message::Text(text) = frame else { continue };
+        let answer: serde_json::Value = serde_json::from_str(&text).context("a frame that is not JSON")?;
+        match answer["type"].as_str() {
+            Some("reply") => replies += 1,
+            Some("error") => anyhow::bail!("subscribe refused: {text}"),
+            _ => {}
         }
     }
     Ok(ws)
@@ -316,7 +337,7 @@ async fn receive(mut ws: Socket, i: usize, stats: &Stats) {
 type Outgoing = (GroupName, Box<RawValue>);
 
 /// Group `n` of the run: `bench.<n>`.
-fn bench_group(n: u64) -> GroupName {
+pub fn bench_group(n: u64) -> GroupName {
     GroupName::new(&format!("bench.{n}")).expect("bench group names are valid")
 }
 
@@ -330,14 +351,21 @@ enum Publisher {
         conn: redis::cluster_async::ClusterConnection,
         prefix: String,
     },
-    /// Concurrent requests, at most `connections` at once (so that many keep-alive connections).
+    /// Concurrent requests, at most `connections` at once (so that many keep-alive connections),
+    /// each with one message or an array of up to `batch`.
     Http {
         client: reqwest::Client,
         url: String,
         key: Option<String>,
         connections: Arc<Semaphore>,
+        batch: usize,
     },
     Ws(SplitSink<Socket, Message>),
+    /// The baseline's own timer (`POST /timer`): the whole step is one request.
+    Timer {
+        client: reqwest::Client,
+        url: String,
+    },
 }
 
 impl Publisher {
@@ -362,10 +390,16 @@ impl Publisher {
                     url: format!("{host}/api/publish"),
                     key: args.api_key.clone(),
                     connections: Arc::new(Semaphore::new(args.http_connections.max(1))),
+                    batch: args.http_batch,
                 }
             }
+            PublishVia::Timer => {
+                let host = url.replacen("ws://", "http://", 1);
+                let host = host.split('/').take(3).collect::<Vec<_>>().join("/");
+                Self::Timer { client: reqwest::Client::new(), url: format!("{host}/timer") }
+            }
             PublishVia::Ws => {
-                let ws = join(url, IpAddr::V4(Ipv4Addr::LOCALHOST), None).await?;
+                let ws = join(url, IpAddr::V4(Ipv4Addr::LOCALHOST), &[]).await?;
                 let (sink, mut stream) = ws.split();
                 // Replies are read and dropped so the gateway never sees a slow publisher.
                 tokio::spawn(async move { while stream.next().await.is_some() {} });
@@ -418,9 +452,16 @@ impl Publisher {
                 });
                 futures_util::future::try_join_all(sends).await?;
             }
-            Self::Http { client, url, key, connections } => {
-                let requests = batch.iter().map(|(group, data)| {
-                    let body = serde_json::json!({"group": group.as_str(), "data": data}).to_string();
+            Self::Http { client, url, key, connections, batch: per_request } => {
+                let requests = batch.chunks(*per_request).map(|chunk| {
+                    let messages: Vec<_> = chunk
+                        .iter()
+                        .map(|(group, data)| serde_json::json!({"group": group.as_str(), "data": data}))
+                        .collect();
+                    let body = match &messages[..] {
+                        [one] if *per_request == 1 => one.to_string(),
+                        _ => serde_json::Value::from(messages).to_string(),
+                    };
                     let mut request =
                         client.post(url.as_str()).header("content-type", "application/json").body(body);
                     if let Some(key) = key {
@@ -435,16 +476,23 @@ impl Publisher {
                             "publish answered {}",
                             response.status()
                         );
-                        Ok(())
+                        Ok(refused_in_batch(&response.bytes().await?))
                     }
                 });
                 let answers = futures_util::future::join_all(requests).await;
-                let failed: Vec<_> = answers.into_iter().filter_map(Result::err).collect();
-                if let Some(e) = failed.first() {
-                    tracing::debug!(error = %e, failed = failed.len(), "publish failed");
+                let mut failed = 0;
+                for (answer, chunk) in answers.into_iter().zip(batch.chunks(*per_request)) {
+                    match answer {
+                        Ok(refused) => failed += refused,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "publish failed");
+                            failed += chunk.len() as u64;
+                        }
+                    }
                 }
-                return Ok(failed.len() as u64);
+                return Ok(failed);
             }
+            Self::Timer { .. } => anyhow::bail!("the timer publishes by itself"),
             Self::Ws(sink) => {
                 for (group, data) in batch {
                     let frame = ClientFrame::Publish { group, data }.encode();
@@ -457,6 +505,18 @@ impl Publisher {
     }
 }
 
+/// A bench message's data: its publish time, and `pad` to make up the size.
+pub fn payload(pad: &str) -> Box<RawValue> {
+    RawValue::from_string(format!(r#"{{"t":{},"p":"{pad}"}}"#, now_us())).expect("JSON payload")
+}
+
+/// Messages of a batch answer (`{"results": [...]}`) that were not published.
+fn refused_in_batch(body: &[u8]) -> u64 {
+    let answer: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let results = answer["results"].as_array().map_or(&[][..], Vec::as_slice);
+    results.iter().filter(|result| result["ok"] != true).count() as u64
+}
+
 /// Publishes `rate` messages per second for the step's duration, spread over the groups; the
 /// payload carries its publish time. Returns how many were published.
 async fn publish_steadily(
@@ -466,6 +526,17 @@ async fn publish_steadily(
     stats: &Stats,
     name: &str,
 ) -> anyhow::Result<u64> {
+    if let Publisher::Timer { client, url } = publisher {
+        let timer = serde_json::json!({
+            "rate": rate, "size": args.size, "groups": args.groups, "millis": args.duration.as_millis() as u64,
+        });
+        let request =
+            client.post(url.as_str()).header("content-type", "application/json").body(timer.to_string());
+        let answer = request.send().await?.error_for_status()?.bytes().await?;
+        let answer: serde_json::Value = serde_json::from_slice(&answer)?;
+        eprint!("\r{name} at {rate} msg/s from its timer: {} deliveries   ", stats.deliveries());
+        return answer["published"].as_u64().context("the timer's answer");
+    }
     let pad = "x".repeat(args.size.saturating_sub(28));
     let started = Instant::now();
     let mut ticks = tokio::time::interval(Duration::from_millis(1));
@@ -473,12 +544,8 @@ async fn publish_steadily(
     while started.elapsed() < args.duration {
         ticks.tick().await;
         let due = (rate as f64 * started.elapsed().as_secs_f64()) as u64;
-        let batch: Vec<Outgoing> = (sent..due)
-            .map(|n| {
-                let data = format!(r#"{{"t":{},"p":"{pad}"}}"#, now_us());
-                (bench_group(n % args.groups as u64), RawValue::from_string(data).expect("JSON payload"))
-            })
-            .collect();
+        let batch: Vec<Outgoing> =
+            (sent..due).map(|n| (bench_group(n % args.groups as u64), payload(&pad))).collect();
         let failed = publisher.publish(&batch).await;
         stats.errors.fetch_add(failed, Ordering::Relaxed);
         sent = due.max(sent);

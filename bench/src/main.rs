@@ -1,15 +1,17 @@
 //! `herald-bench`: a load tool anyone can run against their own gateways.
 //!
 //! It opens N WebSocket clients (spread over local source addresses 127.0.0.1..N so large
-//! counts do not run out of ephemeral ports), subscribes them to G groups over the normal
+//! counts do not run out of ephemeral ports), subscribes each to K of G groups over the normal
 //! protocol, publishes at rate R with S-byte payloads (through Redis directly, `POST
-//! /api/publish`, or a client's `publish`) for a duration, and reports connected clients,
-//! connect rate, deliveries per second, publish-to-receive latency percentiles (an HDR
-//! histogram; the publish time travels in the payload), errors and drops, with a progress line
-//! while it runs. `--baseline` first runs the same load against an in-process minimal broadcast
-//! server ([`baseline`]), so every Herald figure comes with its ratio to the machine's ceiling.
+//! /api/publish` one message or a batch at a time, or a client's `publish`) for a duration, and
+//! reports connected clients, connect rate, deliveries per second, publish-to-receive latency
+//! percentiles (an HDR histogram; the publish time travels in the payload), errors and drops,
+//! with a progress line while it runs. `--baseline` first runs the same load against a minimal
+//! broadcast server in a process of its own ([`baseline`]), so every Herald figure comes with
+//! its ratio to the machine's ceiling. `--chart` draws the reports as SVG ([`chart`]).
 
 mod baseline;
+mod chart;
 mod load;
 mod report;
 
@@ -27,9 +29,13 @@ struct BenchArgs {
     /// WebSocket clients to open.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
-    /// Groups the clients are spread over (client i joins `bench.<i % groups>`).
+    /// Groups the clients are spread over, `bench.0` to `bench.<groups - 1>`.
     #[arg(long, default_value_t = 1)]
     groups: usize,
+    /// Groups each client joins: client i joins `bench.<(i + j * groups / K) % groups>` for j
+    /// below K, so every group gets the same number of members.
+    #[arg(long, default_value_t = 1)]
+    groups_per_client: usize,
     /// Messages per second in total; a comma-separated list runs one step per rate.
     #[arg(long, value_delimiter = ',', default_value = "100")]
     rate: Vec<u64>,
@@ -53,6 +59,9 @@ struct BenchArgs {
     /// Requests in flight at once with `--publish http`: that many keep-alive connections.
     #[arg(long, default_value_t = 16)]
     http_connections: usize,
+    /// Messages per request with `--publish http`: more than 1 sends JSON arrays (batches).
+    #[arg(long, default_value_t = 1)]
+    http_batch: usize,
     /// API key for `--publish http`.
     #[arg(long)]
     api_key: Option<String>,
@@ -75,6 +84,12 @@ struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Draw SVG charts of the JSON reports in this directory (as `scripts/bench.sh` writes
+    /// them) into `--chart-out`, instead of running a load.
+    #[arg(long, requires = "chart_out")]
+    chart: Option<std::path::PathBuf>,
+    #[arg(long)]
+    chart_out: Option<std::path::PathBuf>,
     /// Serve the baseline in this process (how `--baseline` starts it).
     #[arg(long, hide = true)]
     serve_baseline: bool,
@@ -89,6 +104,9 @@ enum PublishVia {
     /// A WebSocket client's `publish` request (the group's namespace must allow it, and the
     /// gateway's per-connection `rate_limit` applies).
     Ws,
+    /// A timer inside the baseline server (`--baseline` alone, no `--url`): the ceiling of the
+    /// fan-out itself, with no publisher in the way.
+    Timer,
 }
 
 fn main() -> ExitCode {
@@ -108,13 +126,24 @@ fn main() -> ExitCode {
 
 /// Runs the baseline (if asked) and then Herald (if URLs are given), and prints the report.
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let (Some(results), Some(out)) = (&args.chart, &args.chart_out) {
+        return chart::draw_all(results, out);
+    }
     anyhow::ensure!(
         args.baseline || args.serve_baseline || !args.url.is_empty(),
         "give --url (Herald gateways) and/or --baseline"
     );
     anyhow::ensure!(
-        args.clients > 0 && args.groups > 0 && args.sources > 0,
-        "clients, groups and sources must be positive"
+        args.clients > 0 && args.groups > 0 && args.sources > 0 && args.http_batch > 0,
+        "clients, groups, sources and http-batch must be positive"
+    );
+    anyhow::ensure!(
+        args.publish != PublishVia::Timer || args.url.is_empty(),
+        "--publish timer is the baseline's own: give --baseline without --url"
+    );
+    anyhow::ensure!(
+        (1..=args.groups).contains(&args.groups_per_client),
+        "groups-per-client must be between 1 and groups"
     );
     let serve = baseline::ServeArgs {
         redis_url: &args.redis_url,

@@ -1,5 +1,5 @@
 //! `herald-bench` against a real gateway and its own baseline: every message reaches every
-//! client and is counted, whichever way it is published.
+//! member of its group and is counted, whichever way it is published, one group or many.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -92,6 +92,27 @@ async fn bench_counts_every_delivery_of_the_baseline_and_of_a_gateway_for_each_p
             assert_eq!(step["dropped_clients"], 0, "{what}");
             assert!(step["latency_us"]["p50"].as_u64().unwrap() > 0, "{what}");
         }
+    }
+
+    // The baseline's own timer, the ceiling with no publisher in the way.
+    let runs = bench(&["--baseline", "--redis-url", &redis.url, "--publish", "timer"]).await;
+    assert_eq!(runs.len(), 1);
+    let step = &runs[0]["steps"][0];
+    let published = step["published"].as_u64().unwrap();
+    assert!(published >= 30, "about 40 messages in 1 s: {}", runs[0]);
+    assert_eq!(step["deliveries"].as_u64().unwrap(), published * CLIENTS, "{}", runs[0]);
+
+    // Many rooms: 6 groups, each client in 2 (so 4 members a group), published in batches of 8.
+    let args = ["--groups", "6", "--groups-per-client", "2", "--publish", "http", "--http-batch", "8"];
+    let runs = bench(&[&["--baseline", "--url", &url, "--redis-url", &redis.url][..], &args].concat()).await;
+    for run in &runs {
+        let what = format!("{} with many groups: {run}", run["target"]);
+        assert_eq!(run["errors"], 0, "{what}");
+        let step = &run["steps"][0];
+        let published = step["published"].as_u64().unwrap();
+        assert!(published >= 30, "about 40 messages in 1 s: {what}");
+        assert_eq!(step["deliveries"].as_u64().unwrap(), published * 4, "each to its 4 members: {what}");
+        assert_eq!(step["dropped_clients"], 0, "{what}");
     }
     shutdown.cancel();
     serving.await.unwrap().unwrap();
