@@ -5,7 +5,8 @@
 //! frames and their byte count sit under one lock that only their pusher and the writer take: a
 //! fan-out push is one uncontended lock and a wake-up (a bounded channel's semaphore cost a
 //! tenth of the fan-out, and a separate atomic count shared a cache line between the two
-//! threads), and an idle client's queue holds no memory (a channel kept a block of 32 slots).
+//! threads). An idle client's queue holds no memory (a channel kept a block of 32 slots); a
+//! busy one's writer and queue trade two buffers of at most 64 frames between bursts.
 //!
 //! - The hub pushes group messages with [`Outbox::push`], which never waits: when the queue is
 //!   full the client is too slow, and it is closed with 4008 instead of slowing the broker reader

@@ -21,9 +21,11 @@ use crate::protocol::close;
 
 /// Frames coalesced into one flush at most, so one busy client cannot hog a worker thread.
 const MAX_BATCH: usize = 64;
-/// The largest burst buffer a writer keeps for the next burst: a busy client reuses one, and a
-/// client that once had a backlog does not keep its memory.
-const SPARE_FRAMES: usize = MAX_BATCH;
+/// The burst buffers a writer keeps for the next burst, by capacity in frames: a busy client
+/// reuses one instead of growing a new queue every burst, while a client that gets a frame now
+/// and then (or once had a backlog) holds none between bursts. Keeping even the small buffers
+/// of the welcome and the first reply cost every idle connection 0.3 KiB.
+const SPARE_FRAMES: std::ops::RangeInclusive<usize> = 16..=MAX_BATCH;
 /// How long sending the close frame may take before the connection is simply dropped.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -36,8 +38,8 @@ pub(super) async fn run(mut sink: Sink, outbox: Arc<Outbox>, write_timeout: Dura
     // a measurable share of fan-out.
     let closing = outbox.closing();
     tokio::pin!(closing);
-    // The burst being written; kept between bursts (up to `SPARE_FRAMES`) to trade places with
-    // the outbox's queue.
+    // The burst being written; kept between bursts (see `SPARE_FRAMES`) to trade places with the
+    // outbox's queue.
     let mut batch = VecDeque::new();
     loop {
         let ping = tokio::select! {
@@ -76,7 +78,7 @@ pub(super) async fn run(mut sink: Sink, outbox: Arc<Outbox>, write_timeout: Dura
             outbox.close(close::NORMAL);
             return;
         }
-        if batch.capacity() > SPARE_FRAMES {
+        if !SPARE_FRAMES.contains(&batch.capacity()) {
             batch = VecDeque::new();
         }
     }
