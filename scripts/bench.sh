@@ -51,10 +51,10 @@ done
 kill "$g1"
 
 for run in $(seq "$runs"); do
-  echo "== run $run: memory and idle cost, 15,000 idle subscribed connections to a fresh gateway, 20 s"
+  echo "== run $run: memory and idle cost, 15,000 idle subscribed connections to a fresh gateway, 60 s"
   pm=$(port); gateway bench-m "$pm"; gm=${pids[-1]}
   "$load" --url "ws://127.0.0.1:$pm/ws" --redis-url "$redis_url" --clients 15000 --sources 8 \
-    --rate 0 --duration 20s --pid "$gm" --json >"$out/memory-$run.json"
+    --rate 0 --duration 60s --pid "$gm" --json >"$out/memory-$run.json"
   kill "$gm"
 done
 
@@ -67,11 +67,13 @@ for run in $(seq "$runs"); do
   echo "   run $run: batches of 100 messages per POST"
   "$load" "${rooms[@]}" --http-batch 100 --rate 5000,10000,15000,20000,25000 >"$out/many-rooms-batch-$run.json"
   echo "   run $run: one message per POST"
-  "$load" "${rooms[@]}" --http-batch 1 --rate 2000,4000,6000,8000 >"$out/many-rooms-single-$run.json"
+  "$load" "${rooms[@]}" --http-batch 1 --rate 2000,4000,6000,8000,10000,12000 >"$out/many-rooms-single-$run.json"
 done
-echo "   the ceiling: the baseline server alone with the same clients and batches"
-"$load" --baseline --redis-url "$redis_url" --clients 10000 --groups 10000 --groups-per-client 5 --sources 4 \
-  --publish http --http-batch 100 --rate 5000,10000,15000,20000,25000 --duration 5s --json >"$out/many-rooms-ceiling-1.json"
+echo "   the ceiling: the baseline server alone with the same clients, batches, then single messages"
+ceiling=(--baseline --redis-url "$redis_url" --clients 10000 --groups 10000 --groups-per-client 5 --sources 4
+  --publish http --duration 5s --json)
+"$load" "${ceiling[@]}" --http-batch 100 --rate 5000,10000,15000,20000,25000 >"$out/many-rooms-ceiling-1.json"
+"$load" "${ceiling[@]}" --http-batch 1 --rate 2000,4000,6000,8000,10000,12000 >"$out/many-rooms-ceiling-single-1.json"
 kill "$gr1" "$gr2"
 
 echo "== Redis cost: redis-server CPU with 1, 2 and 4 gateways subscribed, pipelined publishing"

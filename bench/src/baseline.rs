@@ -91,8 +91,29 @@ pub async fn serve(args: ServeArgs<'_>) -> anyhow::Result<()> {
     let mut stdout = tokio::io::stdout();
     stdout.write_all(format!("listening on {addr}\n").as_bytes()).await?;
     stdout.flush().await?;
-    axum::serve(listener, app).await?;
-    Ok(())
+    accept(listener, app).await
+}
+
+/// Serves `app` on every connection, HTTP/1 only and without delay on small writes, as a
+/// gateway does (`axum::serve` also sniffs for HTTP/2, a cost per connection Herald does not
+/// pay).
+async fn accept(listener: tokio::net::TcpListener, app: Router) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower::ServiceExt;
+
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            app.clone().oneshot(request)
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
 }
 
 /// The members of each bench group, by number.
@@ -157,7 +178,9 @@ async fn upgrade(
         Some(list) => list.split(',').filter_map(|n| n.parse().ok()).collect(),
         None => vec![0],
     };
-    ws.read_buffer_size(4096)
+    // Herald's buffer sizes: a small read buffer (grown for larger frames) costs less per
+    // connection.
+    ws.read_buffer_size(256)
         .write_buffer_size(8192)
         .on_upgrade(move |socket| client(socket, groups, member_of))
 }

@@ -34,6 +34,7 @@ struct Latency {
 const HERALD: RGBColor = RGBColor(0x1f, 0x6f, 0xb4);
 const CEILING: RGBColor = RGBColor(0x88, 0x88, 0x88);
 const SECOND: RGBColor = RGBColor(0xd9, 0x6c, 0x1e);
+const CEILING_SECOND: RGBColor = RGBColor(0xc8, 0xa8, 0x88);
 const SIZE: (u32, u32) = (720, 420);
 
 /// One line of a chart: a name for the legend, a colour, a dash for the second of a pair, and
@@ -87,6 +88,7 @@ pub fn draw_all(results: &Path, out: &Path) -> anyhow::Result<()> {
         ("batch", "Herald, batches of 100", HERALD),
         ("single", "Herald, one message a POST", SECOND),
         ("ceiling", "ceiling, batches of 100", CEILING),
+        ("ceiling-single", "ceiling, one message a POST", CEILING_SECOND),
     ];
     for (file, name, color) in modes {
         for (_, run) in load(results, &format!("many-rooms-{file}"))? {
