@@ -157,7 +157,9 @@ fn line_chart(
 ) -> anyhow::Result<()> {
     let points = || lines.iter().flat_map(|s| s.points.iter().copied());
     let x_max = points().map(|(x, _)| x).fold(1.0, f64::max);
+    // With a target, far-off points are cut at four times it so the target stays readable.
     let y_max = points().map(|(_, y)| y).chain(limit).fold(0.0, f64::max) * 1.1;
+    let y_max = limit.map_or(y_max, |limit| y_max.min(limit * 4.0));
     let root = canvas(path);
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
@@ -165,7 +167,13 @@ fn line_chart(
         .x_label_area_size(40)
         .y_label_area_size(56)
         .build_cartesian_2d(0.0..x_max * 1.05, 0.0..y_max.max(1e-9))?;
-    chart.configure_mesh().x_desc("published messages/s").y_desc(y_label).light_line_style(WHITE).draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("published messages/s")
+        .y_desc(y_label)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .light_line_style(WHITE)
+        .draw()?;
     let mut named = Vec::new();
     for line in &lines {
         chart.draw_series(line.points.iter().map(|&p| Circle::new(p, 3, line.color.filled())))?;
