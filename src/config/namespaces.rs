@@ -10,6 +10,7 @@
 //! require_auth = true     # anonymous clients may not subscribe, publish or see presence
 //! subscribe_proxy = true  # the backend's subscribe hook authorizes subscribes ([proxy])
 //! publish_proxy = true    # client publishes go through the backend's publish hook ([proxy])
+//! personal = true         # each user may subscribe to <namespace>.<its user id> and no other
 //! ```
 
 use std::time::Duration;
@@ -39,6 +40,9 @@ pub struct NamespaceConfig {
     pub subscribe_proxy: bool,
     /// Whether client publishes to this namespace go through `[proxy] publish_url`.
     pub publish_proxy: bool,
+    /// Per-user groups: a client may subscribe to `<namespace>.<its user id>` and to no other
+    /// group of the namespace, whatever its token's patterns say.
+    pub personal: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -52,6 +56,7 @@ impl Default for NamespaceConfig {
             require_auth: false,
             subscribe_proxy: false,
             publish_proxy: false,
+            personal: false,
         }
     }
 }

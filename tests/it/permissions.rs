@@ -1,6 +1,6 @@
 //! Permissions only narrow: a route, a refresh or a late `auth` can restrict what a token allows,
-//! never widen it; `require_auth` namespaces refuse anonymous clients; odd tokens and binary
-//! frames get no way around the rules.
+//! never widen it; `require_auth` namespaces refuse anonymous clients; `personal` namespaces
+//! give each user its own group alone; odd tokens and binary frames get no way around the rules.
 
 use herald::config::{AuthMode, NamespaceConfig, RouteConfig};
 use serde_json::{Value, json};
@@ -69,6 +69,33 @@ async fn require_auth_namespaces_refuse_anonymous_clients() {
     member.subscribe("staff.room").await;
     assert_eq!(member.publish("staff.room", json!("hi")).await["type"], "reply");
     assert_eq!(member.message().await.1, json!("hi"));
+}
+
+#[tokio::test]
+async fn personal_namespaces_give_each_user_its_own_group_and_no_other() {
+    let mut config = auth_config(AuthMode::Optional);
+    config.namespaces.insert("inbox".into(), NamespaceConfig { personal: true, ..Default::default() });
+    let node = Node::ready(config).await;
+    // No claim is needed for one's own group, and none grants another user's.
+    let ann = token(json!({"sub": "ann", "exp": now() + 600, "groups": ["inbox.*", "chat.*"]}));
+    let mut client = Client::connect(&node.ws_url(&format!("/ws?token={ann}"))).await;
+    client.subscribe("inbox.ann").await;
+    let answer = client.request(json!({"type": "subscribe", "group": "inbox.bob"})).await;
+    assert_eq!(answer["code"], "forbidden", "{answer}");
+    let answer = client.request(json!({"type": "subscribe", "group": "inbox.ann.extra"})).await;
+    assert_eq!(answer["code"], "forbidden", "{answer}");
+    let bob = token(json!({"sub": "bob", "exp": now() + 600, "groups": ["chat.*"]}));
+    let mut other = Client::connect(&node.ws_url(&format!("/ws?token={bob}"))).await;
+    other.subscribe("inbox.bob").await;
+    let mut anonymous = node.client().await;
+    let answer = anonymous.request(json!({"type": "subscribe", "group": "inbox.ann"})).await;
+    assert_eq!(answer["code"], "forbidden", "{answer}");
+
+    assert_eq!(node.publish("inbox.ann", json!("for ann")).await.0, 200);
+    assert_eq!(node.publish("inbox.bob", json!("for bob")).await.0, 200);
+    assert_eq!(client.message().await, ("inbox.ann".into(), json!("for ann")));
+    assert_eq!(other.message().await, ("inbox.bob".into(), json!("for bob")));
+    client.assert_no_message().await;
 }
 
 #[tokio::test]

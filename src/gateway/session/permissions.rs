@@ -2,7 +2,9 @@
 //! decide; the connection's route and a `refresh` may only narrow that, never widen it:
 //!
 //! - **subscribe** (and presence): anonymous clients are refused in namespaces with
-//!   `require_auth`; a token with a `groups` claim allows only groups matching its patterns.
+//!   `require_auth`; in a `personal` namespace a client may be in `<namespace>.<its user id>`
+//!   alone, with no claim needed and none able to widen it; elsewhere a token with a `groups`
+//!   claim allows only groups matching its patterns.
 //! - **publish**: the same `require_auth` rule; then a token's `publish` claim decides where it
 //!   has one, the namespace's `client_publish` where it does not; and a route that lists
 //!   `publish` groups allows only those on top of that.
@@ -20,6 +22,15 @@ fn forbidden(message: String) -> RequestError {
 impl Session {
     pub(super) fn check_subscribe(&self, group: &GroupName) -> Result<(), RequestError> {
         self.check_identified(group)?;
+        if self.gateway.config.namespace(group.namespace()).personal {
+            let user = self.identity.as_ref().and_then(|i| i.user.as_deref());
+            let own =
+                user.is_some_and(|user| group.as_str().split_once('.').is_some_and(|(_, id)| id == user));
+            return match own {
+                true => Ok(()),
+                false => Err(forbidden(format!("{group} is another user's personal group"))),
+            };
+        }
         match self.identity.as_ref().and_then(|i| i.may_subscribe(group)) {
             Some(false) => Err(forbidden(format!("this client may not subscribe to {group}"))),
             _ => Ok(()),
