@@ -74,7 +74,7 @@ struct BenchArgs {
     /// Handshakes in flight at once while connecting.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
-    /// First run the same load against an in-process minimal broadcast server.
+    /// First run the same load against the baseline server (a process of its own): the ceiling.
     #[arg(long)]
     baseline: bool,
     /// Process ids of the gateways (comma-separated), to report their memory and CPU (in total,
