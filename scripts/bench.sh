@@ -86,4 +86,4 @@ for n in 1 2 4; do
 done
 
 "$load" --chart "$out" --chart-out docs/benchmarks
-echo "reports in $out/, charts in docs/benchmarks/"
+echo "reports in $out/, charts in docs/benchmarks/ (BENCHMARKS.md keeps its reports in docs/benchmarks/results/)"
