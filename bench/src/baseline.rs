@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use axum::Router;
@@ -31,6 +31,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Notify;
+
+use crate::load::{Pace, bench_group, payload};
+use crate::lock;
 
 /// Frames queued per client before a lagging client is dropped (Herald's `outbound_queue`).
 const LAG: usize = 1024;
@@ -77,9 +80,8 @@ impl Baseline {
 /// once it serves and its Redis subscriptions are confirmed.
 pub async fn serve(args: ServeArgs<'_>) -> anyhow::Result<()> {
     let groups = Arc::new(Groups((0..args.groups).map(|_| Mutex::default()).collect()));
-    let channels = (0..args.groups)
-        .map(|n| herald::group_channel(args.redis_prefix, &crate::load::bench_group(n as u64)))
-        .collect();
+    let channels =
+        (0..args.groups).map(|n| herald::group_channel(args.redis_prefix, &bench_group(n as u64))).collect();
     tokio::spawn(redis_intake(args.redis_url.to_string(), channels, groups.clone()).await?);
     let app = Router::new()
         .route("/ws", get(upgrade))
@@ -157,10 +159,6 @@ impl Queue {
         drop(frames);
         self.ready.notify_one();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// `?groups=0,5`: the bench groups a client is in (group 0 when absent).
@@ -266,21 +264,15 @@ async fn timer_intake(
     axum::Json(timer): axum::Json<Timer>,
 ) -> axum::Json<serde_json::Value> {
     let pad = "x".repeat(timer.size.saturating_sub(28));
-    let duration = std::time::Duration::from_millis(timer.millis);
-    let started = tokio::time::Instant::now();
-    let mut ticks = tokio::time::interval(std::time::Duration::from_millis(1));
-    let mut sent = 0u64;
-    while started.elapsed() < duration {
-        ticks.tick().await;
-        let due = (timer.rate as f64 * started.elapsed().as_secs_f64()) as u64;
-        for n in sent..due {
-            let data = crate::load::payload(&pad);
+    let mut pace = Pace::new(timer.rate, std::time::Duration::from_millis(timer.millis));
+    while let Some(due) = pace.next().await {
+        for n in due {
+            let data = payload(&pad);
             let group = (n % timer.groups.max(1) as u64) as usize;
-            groups.deliver(group, protocol::message(&crate::load::bench_group(group as u64), &data));
+            groups.deliver(group, protocol::message(&bench_group(group as u64), &data));
         }
-        sent = due.max(sent);
     }
-    axum::Json(serde_json::json!({ "published": sent }))
+    axum::Json(serde_json::json!({ "published": pace.sent() }))
 }
 
 /// Subscribes to `channels` on the Redis at `url` (raw RESP2, as little work as a subscriber can

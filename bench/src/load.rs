@@ -69,7 +69,7 @@ impl Stats {
     }
 
     fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
-        self.shards[i % SHARDS].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.shards[i % SHARDS])
     }
 
     fn deliveries(&self) -> u64 {
@@ -382,21 +382,15 @@ impl Publisher {
                 let conn = client.get_multiplexed_async_connection().await.context("connecting to redis")?;
                 Self::Redis { conn, prefix: args.redis_prefix.clone() }
             }
-            PublishVia::Http => {
-                let base = url.replacen("ws://", "http://", 1).replacen("wss://", "https://", 1);
-                let host = base.split('/').take(3).collect::<Vec<_>>().join("/");
-                Self::Http {
-                    client: reqwest::Client::new(),
-                    url: format!("{host}/api/publish"),
-                    key: args.api_key.clone(),
-                    connections: Arc::new(Semaphore::new(args.http_connections.max(1))),
-                    batch: args.http_batch,
-                }
-            }
+            PublishVia::Http => Self::Http {
+                client: reqwest::Client::new(),
+                url: format!("{}/api/publish", http_origin(url)),
+                key: args.api_key.clone(),
+                connections: Arc::new(Semaphore::new(args.http_connections.max(1))),
+                batch: args.http_batch,
+            },
             PublishVia::Timer => {
-                let host = url.replacen("ws://", "http://", 1);
-                let host = host.split('/').take(3).collect::<Vec<_>>().join("/");
-                Self::Timer { client: reqwest::Client::new(), url: format!("{host}/timer") }
+                Self::Timer { client: reqwest::Client::new(), url: format!("{}/timer", http_origin(url)) }
             }
             PublishVia::Ws => {
                 let ws = join(url, IpAddr::V4(Ipv4Addr::LOCALHOST), &[]).await?;
@@ -505,6 +499,50 @@ impl Publisher {
     }
 }
 
+/// The HTTP origin (`http://host:port`) of a WebSocket URL.
+fn http_origin(url: &str) -> String {
+    let base = url.replacen("ws://", "http://", 1).replacen("wss://", "https://", 1);
+    base.split('/').take(3).collect::<Vec<_>>().join("/")
+}
+
+/// The publishing pace shared by the load's publisher and the baseline's timer: every
+/// millisecond, the numbers of the messages due by then at `rate` per second.
+pub struct Pace {
+    rate: u64,
+    duration: Duration,
+    started: Instant,
+    ticks: tokio::time::Interval,
+    sent: u64,
+}
+
+impl Pace {
+    pub fn new(rate: u64, duration: Duration) -> Self {
+        let ticks = tokio::time::interval(Duration::from_millis(1));
+        Self { rate, duration, started: Instant::now(), ticks, sent: 0 }
+    }
+
+    /// The messages due at the next millisecond (maybe none); `None` once the duration is over.
+    pub async fn next(&mut self) -> Option<std::ops::Range<u64>> {
+        if self.started.elapsed() >= self.duration {
+            return None;
+        }
+        self.ticks.tick().await;
+        let due = ((self.rate as f64 * self.started.elapsed().as_secs_f64()) as u64).max(self.sent);
+        let due_now = self.sent..due;
+        self.sent = due;
+        Some(due_now)
+    }
+
+    /// How many messages were due so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
 /// A bench message's data: its publish time, and `pad` to make up the size.
 pub fn payload(pad: &str) -> Box<RawValue> {
     RawValue::from_string(format!(r#"{{"t":{},"p":"{pad}"}}"#, now_us())).expect("JSON payload")
@@ -538,24 +576,21 @@ async fn publish_steadily(
         return answer["published"].as_u64().context("the timer's answer");
     }
     let pad = "x".repeat(args.size.saturating_sub(28));
-    let started = Instant::now();
-    let mut ticks = tokio::time::interval(Duration::from_millis(1));
-    let (mut sent, mut next_report) = (0u64, Duration::from_secs(1));
-    while started.elapsed() < args.duration {
-        ticks.tick().await;
-        let due = (rate as f64 * started.elapsed().as_secs_f64()) as u64;
+    let mut pace = Pace::new(rate, args.duration);
+    let mut next_report = Duration::from_secs(1);
+    while let Some(due) = pace.next().await {
         let batch: Vec<Outgoing> =
-            (sent..due).map(|n| (bench_group(n % args.groups as u64), payload(&pad))).collect();
+            due.map(|n| (bench_group(n % args.groups as u64), payload(&pad))).collect();
         let failed = publisher.publish(&batch).await;
         stats.errors.fetch_add(failed, Ordering::Relaxed);
-        sent = due.max(sent);
-        if started.elapsed() >= next_report {
+        if pace.elapsed() >= next_report {
             next_report += Duration::from_secs(1);
+            let sent = pace.sent();
             eprint!("\r{name} at {rate} msg/s: {sent} published, {} deliveries   ", stats.deliveries());
             let _ = std::io::stderr().flush();
         }
     }
-    Ok(sent)
+    Ok(pace.sent())
 }
 
 /// Linux reports process CPU time in ticks of 1/100 s on every common architecture.

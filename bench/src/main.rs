@@ -109,6 +109,12 @@ enum PublishVia {
     Timer,
 }
 
+/// Locks `mutex`, ignoring poisoning: a panicking client task must not take the run's counts
+/// (or the baseline's queues) down with it.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn main() -> ExitCode {
     let args = BenchArgs::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
