@@ -26,10 +26,10 @@ impl Session {
             let user = self.identity.as_ref().and_then(|i| i.user.as_deref());
             let own =
                 user.is_some_and(|user| group.as_str().split_once('.').is_some_and(|(_, id)| id == user));
-            return match own {
-                true => Ok(()),
-                false => Err(forbidden(format!("{group} is another user's personal group"))),
-            };
+            if !own {
+                return Err(forbidden(format!("{group} is another user's personal group")));
+            }
+            return Ok(());
         }
         match self.identity.as_ref().and_then(|i| i.may_subscribe(group)) {
             Some(false) => Err(forbidden(format!("this client may not subscribe to {group}"))),
