@@ -14,6 +14,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Longest accepted group name, in bytes.
 pub const MAX_GROUP_LEN: usize = 100;
 
+/// The first character of Herald's own groups' names, which no valid name has.
+const RESERVED: char = '~';
+
 /// Why a string is not a valid group name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidGroup {
@@ -34,6 +37,25 @@ impl GroupName {
     pub fn new(name: &str) -> Result<Self, InvalidGroup> {
         validate(name)?;
         Ok(Self(Arc::from(name)))
+    }
+
+    /// A group of Herald's own (the gateways' control channel, say), named `~<name>`: no
+    /// client, publisher or bridge can name it, since `~` is not a group character.
+    pub(crate) fn reserved(name: &str) -> Self {
+        Self(Arc::from(format!("{RESERVED}{name}")))
+    }
+
+    /// A valid group name or one of Herald's own (as read back from the broker's channels).
+    pub(crate) fn new_or_reserved(name: &str) -> Result<Self, InvalidGroup> {
+        match name.strip_prefix(RESERVED) {
+            Some(own) => validate(own).map(|()| Self(Arc::from(name))),
+            None => Self::new(name),
+        }
+    }
+
+    /// Whether this is one of Herald's own groups, which is not counted or shown as a group.
+    pub(crate) fn is_reserved(name: &str) -> bool {
+        name.starts_with(RESERVED)
     }
 
     pub fn as_str(&self) -> &str {
@@ -130,6 +152,16 @@ mod tests {
         assert_eq!(GroupName::new("a b"), Err(InvalidGroup::BadChar(' ')));
         assert_eq!(GroupName::new("é"), Err(InvalidGroup::BadChar('é')));
         assert_eq!(GroupName::new("a\"b"), Err(InvalidGroup::BadChar('"')));
+    }
+
+    #[test]
+    fn reserved_names_are_no_valid_name() {
+        let control = GroupName::reserved("control");
+        assert!(GroupName::is_reserved(control.as_str()));
+        assert!(GroupName::new(control.as_str()).is_err());
+        assert_eq!(GroupName::new_or_reserved(control.as_str()), Ok(control));
+        assert!(GroupName::new_or_reserved("~a b").is_err());
+        assert!(!GroupName::is_reserved("control"));
     }
 
     #[test]

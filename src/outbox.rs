@@ -44,7 +44,18 @@ pub(crate) struct Outbox {
     /// Set once a close was asked for and its reason recorded; `closed` wakes the session's
     /// reader, its writer and senders then.
     announced: AtomicBool,
+    /// The backend left orders for the session (the control API); `closed` wakes its reader.
+    ordered: AtomicBool,
     closed: Notify,
+}
+
+/// Why [`Outbox::attention`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Attention {
+    /// A close was asked for, with this code.
+    Close(u16),
+    /// Orders are waiting for the session.
+    Orders,
 }
 
 /// The frames not yet taken by the writer, and their bytes.
@@ -69,6 +80,7 @@ impl Outbox {
             close_code: AtomicU16::new(0),
             close_reason: OnceLock::new(),
             announced: AtomicBool::new(false),
+            ordered: AtomicBool::new(false),
             closed: Notify::new(),
         }
     }
@@ -214,12 +226,35 @@ impl Outbox {
     /// Waits until a close is asked for and returns its code.
     pub(crate) async fn closing(&self) -> u16 {
         loop {
-            // Registered before the code is read: a close in between still wakes it.
+            if let Attention::Close(code) = self.wait(false).await {
+                return code;
+            }
+        }
+    }
+
+    /// Tells the session's reader that orders wait for it.
+    pub(crate) fn order(&self) {
+        self.ordered.store(true, Ordering::Release);
+        self.closed.notify_waiters();
+    }
+
+    /// The session reader's wait: until a close is asked for, or orders wait (reported once
+    /// per [`Outbox::order`]).
+    pub(crate) async fn attention(&self) -> Attention {
+        self.wait(true).await
+    }
+
+    async fn wait(&self, for_orders: bool) -> Attention {
+        loop {
+            // Registered before the flags are read: a close or an order in between still wakes it.
             let closed = self.closed.notified();
             tokio::pin!(closed);
             closed.as_mut().enable();
             if self.announced.load(Ordering::Acquire) {
-                return self.close_code.load(Ordering::Acquire);
+                return Attention::Close(self.close_code.load(Ordering::Acquire));
+            }
+            if for_orders && self.ordered.swap(false, Ordering::AcqRel) {
+                return Attention::Orders;
             }
             closed.await;
         }

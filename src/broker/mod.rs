@@ -226,7 +226,8 @@ pub(crate) trait Directory: Send + Sync + 'static {
     /// Every instance announced within its TTL.
     fn nodes(&self) -> Answer<'_, Vec<NodeInfo>>;
 
-    /// Every group some instance of the deployment is subscribed to right now.
+    /// Every group some instance of the deployment is subscribed to right now (Herald's own
+    /// reserved groups aside).
     fn groups(&self) -> Answer<'_, Vec<GroupName>>;
 }
 

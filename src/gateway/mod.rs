@@ -7,9 +7,11 @@
 
 mod admission;
 mod api;
+mod control;
 mod demo;
 mod error;
 mod intake;
+mod live;
 mod presence;
 mod routes;
 mod server;
@@ -17,9 +19,7 @@ mod session;
 
 pub use server::serve;
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -54,8 +54,11 @@ pub struct Gateway {
     draining: AtomicBool,
     /// Live WebSocket sessions, so `serve` can wait for them to close on shutdown.
     sessions: TaskTracker,
-    /// The outbox of every live session, so the drain can close them one by one.
-    live: Mutex<HashMap<MemberId, Arc<Outbox>>>,
+    /// Every live session, so the drain can close them one by one and the control API can
+    /// find them.
+    live: live::Live,
+    /// Control commands this instance asked the deployment, waiting for answers.
+    control: control::Control,
     routes: Vec<Arc<routes::CompiledRoute>>,
     /// This instance's presence entries, refreshed in the broker by a heartbeat.
     presence: presence::LocalPresence,
@@ -101,7 +104,8 @@ impl Gateway {
             stopped,
             draining: AtomicBool::new(false),
             sessions: TaskTracker::new(),
-            live: Mutex::default(),
+            live: live::Live::default(),
+            control: control::Control::default(),
             routes,
             presence: presence::LocalPresence::default(),
             verifier,
@@ -130,19 +134,19 @@ impl Gateway {
 
     /// Registers a new session's outbox and returns its id. A session that opens once the
     /// drain has begun (its handshake was already under way) is closed at once: the drain
-    /// looks at the registered sessions only once more after it set `draining`.
+    /// looks at the registered sessions only once more after it set `draining`, and a session
+    /// registered after that look sees `draining` set.
     fn open_session(&self, outbox: &Arc<Outbox>) -> MemberId {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let mut live = crate::lock(&self.live);
+        self.live.open(id, outbox);
         if self.is_draining() {
             outbox.close(crate::protocol::close::RESTARTING);
         }
-        live.insert(id, outbox.clone());
         id
     }
 
     fn close_session(&self, id: MemberId) {
-        crate::lock(&self.live).remove(&id);
+        self.live.close(id);
     }
 
     /// This instance as the cluster sees it.

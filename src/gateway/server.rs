@@ -22,13 +22,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{Gateway, presence, router};
+use super::{Gateway, control, presence, router};
 use crate::protocol::close;
 
 /// Serves HTTP and WebSockets on `listener` until the gateway's shutdown token is cancelled,
 /// then drains and returns once every session is gone.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> std::io::Result<()> {
     tokio::spawn(presence::heartbeat(gateway.clone()));
+    tokio::spawn(control::run(gateway.clone()));
     let stop_accepting = CancellationToken::new();
     let accepting = tokio::spawn(accept(listener, gateway.clone(), stop_accepting.clone()));
     gateway.shutdown.cancelled().await;
@@ -84,7 +85,7 @@ async fn accept(listener: TcpListener, gateway: Arc<Gateway>, stop: Cancellation
 
 /// Closes every session with 1012, one at a time, evenly over `drain_period`.
 async fn drain(gateway: &Gateway) {
-    let outboxes: Vec<_> = crate::lock(&gateway.live).values().cloned().collect();
+    let outboxes = gateway.live.outboxes();
     tracing::info!(sessions = outboxes.len(), period = ?gateway.config.drain_period, "draining");
     let gap = gateway.config.drain_period.checked_div(outboxes.len() as u32).unwrap_or_default();
     for outbox in outboxes {
@@ -92,7 +93,7 @@ async fn drain(gateway: &Gateway) {
         tokio::time::sleep(gap).await;
     }
     // Sessions that were still upgrading when the drain began.
-    for outbox in crate::lock(&gateway.live).values() {
+    for outbox in gateway.live.outboxes() {
         outbox.close(close::RESTARTING);
     }
 }

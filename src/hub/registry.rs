@@ -68,9 +68,10 @@ impl Registry {
         crate::lock(&self.shards[index])
     }
 
-    /// Number of groups with at least one local member.
+    /// Number of groups with at least one local member, Herald's own groups aside.
     pub(crate) fn group_count(&self) -> usize {
-        self.shards.iter().map(|s| crate::lock(s).len()).sum()
+        let count = |shard: &Shard| shard.keys().filter(|g| !GroupName::is_reserved(g.as_str())).count();
+        self.shards.iter().map(|s| count(&crate::lock(s))).sum()
     }
 
     /// Adds a member; the group's first member subscribes the instance. Returns the

@@ -5,6 +5,7 @@ mod bad_input;
 mod browser;
 mod channels;
 mod cluster;
+mod control;
 mod delivery;
 mod deployment;
 mod django_example;

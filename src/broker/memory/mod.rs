@@ -211,7 +211,8 @@ impl Directory for MemoryBroker {
     }
 
     fn groups(&self) -> Answer<'_, Vec<GroupName>> {
-        let groups = lock(&self.subscribed).iter().cloned().collect();
+        let subscribed = lock(&self.subscribed);
+        let groups = subscribed.iter().filter(|g| !GroupName::is_reserved(g.as_str())).cloned().collect();
         Box::pin(std::future::ready(Ok(groups)))
     }
 }

@@ -377,7 +377,8 @@ impl Task {
         match event {
             Event::Message { channel, payload } => self.deliver(&channel, payload),
             Event::Subscribed(channel) => {
-                let Some(group) = self.group_of(&channel).and_then(|g| GroupName::new(g).ok()) else {
+                let Some(group) = self.group_of(&channel).and_then(|g| GroupName::new_or_reserved(g).ok())
+                else {
                     return;
                 };
                 let master = self.masters.get_mut(&at).expect("tagged master");
@@ -395,7 +396,8 @@ impl Task {
                 }
             }
             Event::Unsubscribed(channel) => {
-                let Some(group) = self.group_of(&channel).and_then(|g| GroupName::new(g).ok()) else {
+                let Some(group) = self.group_of(&channel).and_then(|g| GroupName::new_or_reserved(g).ok())
+                else {
                     return;
                 };
                 let master = self.masters.get_mut(&at).expect("tagged master");

@@ -1,5 +1,6 @@
-//! The HTTP API: `POST /api/publish`, `GET /api/history`, `GET /api/presence`, `GET /healthz`,
-//! `GET /readyz`.
+//! The HTTP API: `POST /api/publish`, `GET /api/history`, `GET /api/presence`, the control API
+//! (`POST /api/disconnect`, `/api/subscribe`, `/api/unsubscribe`, `GET /api/connections`),
+//! `GET /api/info`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //!
 //! Every `/api/` route requires `Authorization: Bearer <key>` when `api_keys` is set (keys
 //! compared in constant time, any of them valid so keys can be rotated); with no keys configured
@@ -10,6 +11,7 @@
 //! `{"ok":false,"error":{"code":..,"message":..}}`, with the codes of the WebSocket protocol.
 
 mod batch;
+mod control;
 mod publish;
 mod query;
 
@@ -40,6 +42,10 @@ pub(super) fn router(gateway: &Arc<Gateway>) -> Router<Arc<Gateway>> {
         .route("/api/history", get(query::history))
         .route("/api/presence", get(query::presence))
         .route("/api/info", get(info))
+        .route("/api/disconnect", post(control::disconnect))
+        .route("/api/subscribe", post(control::subscribe))
+        .route("/api/unsubscribe", post(control::unsubscribe))
+        .route("/api/connections", get(control::connections))
         .route_layer(middleware::from_fn_with_state(gateway.clone(), require_access));
     Router::new()
         .merge(api)
@@ -102,6 +108,8 @@ async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
         unready("shutting down")
     } else if !gateway.hub.broker().subscriber.is_ready() {
         unready("broker is not connected")
+    } else if !gateway.control.is_joined() {
+        unready("not yet in the control group")
     } else {
         Json(json!({"status": "ready"})).into_response()
     }

@@ -117,10 +117,8 @@ impl Session {
             })
             .collect();
         let identity = Identity::granted(grant.user, grant.info, grant.groups, grant.publish);
-        self.info.user = identity.user.clone();
-        self.info.info = identity.info.clone();
         tracing::debug!(user = ?identity.user, "admitted by the backend");
-        self.identity = Some(identity);
+        self.adopt(identity);
         Ok(assigned)
     }
 
@@ -130,11 +128,17 @@ impl Session {
         if identity.expires_at.is_some_and(|at| at <= SystemTime::now()) {
             return Err(AuthError::Expired);
         }
+        tracing::debug!(user = ?identity.user, "authenticated");
+        self.adopt(identity);
+        Ok(())
+    }
+
+    /// Takes `identity` as who the client is, here and for the control API.
+    fn adopt(&mut self, identity: Identity) {
+        self.gateway.live.identify(self.id, identity.user.as_deref());
         self.info.user = identity.user.clone();
         self.info.info = identity.info.clone();
-        tracing::debug!(user = ?identity.user, "authenticated");
         self.identity = Some(identity);
-        Ok(())
     }
 
     /// `auth` after connecting (optional mode): a bad token closes the connection. Groups the

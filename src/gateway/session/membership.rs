@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::Session;
 use crate::broker::{BrokerError, HistoryPolicy, Plan, Position};
+use crate::gateway::live::Order;
 use crate::group::GroupName;
 use crate::hooks::{HookError, SubscribeRequest};
 use crate::hub::{Catching, Gate, Pace, Reached, catch_up};
@@ -231,6 +232,37 @@ impl Session {
         for group in groups {
             if let Err(e) = self.subscribe(Asked::Server, group, None).await {
                 self.send_error(&e).await;
+            }
+        }
+    }
+
+    /// Carries out the backend's orders (the control API), in the order they were given, and
+    /// answers each: whether the membership changed, or the groups the session is in.
+    pub(super) async fn obey(&mut self) {
+        for order in self.gateway.live.orders(self.id) {
+            match order {
+                Order::Subscribe(group, done) => {
+                    let joined = self.groups.gate(&group).is_none()
+                        && match self.subscribe(Asked::Server, group, None).await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                self.send_error(&e).await;
+                                false
+                            }
+                        };
+                    let _ = done.send(joined);
+                }
+                Order::Unsubscribe(group, done) => {
+                    let member = self.groups.gate(&group).is_some();
+                    if member {
+                        self.unsubscribe(&group).await;
+                        self.send(protocol::unsubscribed(&group, "server")).await;
+                    }
+                    let _ = done.send(member);
+                }
+                Order::Describe(done) => {
+                    let _ = done.send(self.groups.names().cloned().collect());
+                }
             }
         }
     }

@@ -33,7 +33,7 @@ use crate::auth::Identity;
 use crate::group::GroupName;
 use crate::hub::MemberId;
 use crate::metrics;
-use crate::outbox::Outbox;
+use crate::outbox::{Attention, Outbox};
 use crate::protocol::{ClientInfo, Since, close};
 
 /// Read buffer per connection; tungstenite grows it for larger frames.
@@ -177,7 +177,13 @@ impl Session {
         tokio::pin!(deadline);
         loop {
             let frame = tokio::select! {
-                _ = self.outbox.closing() => break,
+                attention = self.outbox.attention() => match attention {
+                    Attention::Close(_) => break,
+                    Attention::Orders => {
+                        Box::pin(self.obey()).await;
+                        continue;
+                    }
+                },
                 _ = &mut deadline => {
                     if let Some(code) = self.overdue() {
                         self.outbox.close(code);
