@@ -91,3 +91,44 @@ export declare class HeraldClient extends EventTarget {
     options?: boolean | AddEventListenerOptions,
   ): void;
 }
+
+export interface HeraldEventsOptions {
+  /** JWT, sent as `?token=` (an EventSource cannot set headers). */
+  token?: string;
+  /** Delay before a refused stream is opened again, ms (default 1000). */
+  retryDelay?: number;
+}
+
+export interface HeraldEventsEventMap {
+  state: CustomEvent<{ state: "connecting" | "open" | "reconnecting" | "closed"; node: string | null; client: string | null }>;
+  welcome: CustomEvent<{ type: "welcome"; client: string; node: string }>;
+  message: CustomEvent<MessageEvent>;
+  subscribed: CustomEvent<{ type: "subscribed"; group: string; offset?: number; epoch?: string }>;
+  recovered: CustomEvent<{ type: "recovered"; group: string; recovered: boolean; offset: number; epoch: string }>;
+  unsubscribed: CustomEvent<{ type: "unsubscribed"; group: string; reason: string }>;
+  join: CustomEvent<{ type: "join"; group: string; client: ClientInfo }>;
+  leave: CustomEvent<{ type: "leave"; group: string; client: ClientInfo }>;
+  /** An error frame (a group could not be joined, say). */
+  error: CustomEvent<{ type: "error"; code: string; message: string }>;
+  /** The server ended the stream, with a WebSocket close code. */
+  disconnect: CustomEvent<{ code: number; reason: string }>;
+}
+
+/** Reads groups over Server-Sent Events (`GET /sse`), resuming groups with history on reconnect. */
+export declare class HeraldEvents extends EventTarget {
+  constructor(url: string, groups: string[], options?: HeraldEventsOptions);
+  readonly url: string;
+  readonly groups: string[];
+  readonly state: "connecting" | "open" | "reconnecting" | "closed";
+  readonly node: string | null;
+  readonly clientId: string | null;
+  /** Where the stream stands in each group with history: `<group>:<offset>:<epoch>,...`. */
+  readonly lastEventId: string;
+  connect(): void;
+  close(): void;
+  addEventListener<K extends keyof HeraldEventsEventMap>(
+    type: K,
+    listener: (event: HeraldEventsEventMap[K]) => void,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+}

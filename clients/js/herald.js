@@ -297,3 +297,97 @@ export class HeraldClient extends EventTarget {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 }
+
+/**
+ * Reads groups over Server-Sent Events (`GET /sse?groups=a,b`): for pages that only read, or
+ * that sit behind proxies that break WebSockets. Emits the frames a {@link HeraldClient} gets,
+ * each as an event of its `type` with the frame as `detail` (`message`, `subscribed`,
+ * `recovered`, `unsubscribed`, `join`, `leave`, `error`), plus `state` and `disconnect`.
+ *
+ * The browser reconnects by itself and sends the last event id back, so groups with history
+ * resume where they were, on any gateway. When a reconnect is refused (the gateway behind a
+ * proxy was gone, say) the stream is opened again after a delay, from the same positions. A
+ * close the server means as final (4001, 4003) stops it.
+ */
+export class HeraldEvents extends EventTarget {
+  /**
+   * @param {string} url the stream's URL without query (`/sse`, `https://host/sse`)
+   * @param {string[]} groups the groups to read
+   * @param {object} [options]
+   * @param {string} [options.token] JWT, sent as `?token=` (EventSource cannot set headers)
+   * @param {number} [options.retryDelay=1000] delay before opening a refused stream again, ms
+   */
+  constructor(url, groups, options = {}) {
+    super();
+    this.url = url;
+    this.groups = [...groups];
+    this.options = { retryDelay: 1000, ...options };
+    this.state = "closed";
+    this.node = null;
+    this.clientId = null;
+    this.lastEventId = "";
+    this._source = null;
+    this._timer = null;
+  }
+
+  /** Opens the stream and keeps it open until {@link close}. */
+  connect() {
+    if (this._source) return;
+    const query = new URLSearchParams({ groups: this.groups.join(",") });
+    if (this.options.token) query.set("token", this.options.token);
+    // A new EventSource cannot send Last-Event-ID: the positions go in the query instead.
+    for (const position of this.lastEventId.split(",").filter(Boolean)) query.append("since", position);
+    const source = new EventSource(`${this.url}?${query}`);
+    this._source = source;
+    this._setState("connecting");
+    const frame = (event) => {
+      if (event.lastEventId) this.lastEventId = event.lastEventId;
+      const data = JSON.parse(event.data);
+      if (data.type === "welcome") {
+        this.node = data.node;
+        this.clientId = data.client;
+        this._setState("open");
+      }
+      this._emit(data.type, data);
+    };
+    const types = ["welcome", "message", "subscribed", "recovered", "unsubscribed", "join", "leave", "herald-error"];
+    for (const type of types) {
+      source.addEventListener(type, frame);
+    }
+    source.addEventListener("close", (event) => {
+      const { code, reason } = JSON.parse(event.data);
+      this._emit("disconnect", { code, reason });
+      // The token of the URL will not get better: 4001 is final too.
+      if (TERMINAL_CLOSES.has(code) || code === 4001) this.close();
+    });
+    source.onerror = () => {
+      if (source !== this._source) return;
+      if (source.readyState === EventSource.CLOSED) {
+        // Refused (not a dropped stream, which the browser retries): open it again later.
+        this._source = null;
+        this._setState("reconnecting");
+        this._timer = setTimeout(() => this.connect(), this.options.retryDelay);
+      } else {
+        this._setState("reconnecting");
+      }
+    };
+  }
+
+  /** Closes the stream for good. */
+  close() {
+    clearTimeout(this._timer);
+    if (this._source) this._source.close();
+    this._source = null;
+    this._setState("closed");
+  }
+
+  _setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this._emit("state", { state, node: this.node, client: this.clientId });
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}

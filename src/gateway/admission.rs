@@ -150,7 +150,7 @@ fn parse_query(query: &str) -> Result<(Option<String>, HashMap<GroupName, Since>
     Ok((token, since))
 }
 
-fn parse_since(value: &str) -> Option<(GroupName, Since)> {
+pub(super) fn parse_since(value: &str) -> Option<(GroupName, Since)> {
     let mut parts = value.splitn(3, ':');
     let group = GroupName::new(parts.next()?).ok()?;
     let offset = parts.next()?.parse().ok()?;

@@ -1,5 +1,6 @@
-//! The demo page served at `/` and the JavaScript client at `/herald.js` (with its types at
-//! `/herald.d.ts`), embedded in the binary so standalone mode needs no files; and, with
+//! The demo page served at `/` (its live panel over Server-Sent Events at `/live`), the
+//! JavaScript client at `/herald.js` (with its types at `/herald.d.ts`), embedded in the binary
+//! so standalone mode needs no files; and, with
 //! `demo_tokens` (standalone without keys of its own), `POST /demo/token`, which signs a token
 //! for the name the page picks, so "Here now" shows names.
 
@@ -18,6 +19,7 @@ use serde_json::json;
 use super::Gateway;
 
 const INDEX: &str = include_str!("../../assets/index.html");
+const LIVE: &str = include_str!("../../assets/live.html");
 const CLIENT: &str = include_str!("../../clients/js/herald.js");
 const CLIENT_TYPES: &str = include_str!("../../clients/js/herald.d.ts");
 /// How long a demo token lasts.
@@ -27,6 +29,7 @@ pub(super) fn router(gateway: &Gateway) -> Router<Arc<Gateway>> {
     let javascript = |body: &'static str, kind: &'static str| ([(header::CONTENT_TYPE, kind)], body);
     let router = Router::new()
         .route("/", get(|| async { Html(INDEX) }))
+        .route("/live", get(|| async { Html(LIVE) }))
         .route("/herald.js", get(move || async move { javascript(CLIENT, "text/javascript; charset=utf-8") }))
         .route(
             "/herald.d.ts",

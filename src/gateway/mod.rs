@@ -223,7 +223,8 @@ fn router(gateway: Arc<Gateway>) -> Router {
     let mut router = Router::new()
         .merge(demo::router(&gateway))
         .merge(api::router(&gateway))
-        .route("/ws", axum::routing::get(session::generic));
+        .route("/ws", axum::routing::get(session::generic))
+        .route("/sse", axum::routing::get(session::sse::stream));
     for route in &gateway.routes {
         router = router.route(&route.path, routes::handler(route.clone()));
     }

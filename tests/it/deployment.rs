@@ -325,3 +325,51 @@ async fn two_browsers_chat_through_nginx_and_one_survives_losing_its_gateway() {
     }
     let _ = std::fs::remove_dir_all(profiles);
 }
+
+#[tokio::test]
+async fn a_browser_event_source_through_nginx_resumes_with_no_gap_when_its_gateway_dies() {
+    let mut topology = Topology::start().await;
+    let driver = Chromedriver::start().await;
+    let profile = std::env::temp_dir().join(format!("herald-sse-{}", std::process::id()));
+    let page = Page(driver.browser(&profile).await);
+    // The demo's second page: the scheduler's live panel over SSE.
+    page.0.goto(&format!("http://{}/live", topology.nginx.addr)).await.unwrap();
+    eventually("the clock ticks over SSE", || async { !page.text("clock").await.starts_with("waiting") })
+        .await;
+    assert!(page.text("status").await.starts_with("streaming from node"));
+
+    // A stream of a group with history, next to it.
+    let script = r#"
+        const done = arguments[arguments.length - 1];
+        import("/herald.js").then(({ HeraldEvents }) => {
+          window.got = [];
+          const stream = new HeraldEvents("/sse", ["chat.sse"]);
+          window.stream = stream;
+          stream.addEventListener("message", (e) => window.got.push(e.detail.data.n));
+          stream.addEventListener("state", (e) => e.detail.state === "open" && done(e.detail.node));
+          stream.connect();
+        });"#;
+    let lost = page.0.execute_async(script, vec![]).await.unwrap().as_str().unwrap().to_string();
+    let got = || async { page.0.execute("return window.got", vec![]).await.unwrap() };
+    let nginx = topology.nginx.addr;
+    let publish = |n: u64| async move {
+        let key = [("authorization", "Bearer change-me-demo-key")];
+        let body = json!({"group": "chat.sse", "data": {"n": n}}).to_string();
+        assert_eq!(http(nginx, "POST", "/api/publish", &key, &body).await.0, 200);
+    };
+    for n in 1..=3 {
+        publish(n).await;
+    }
+    eventually("the first messages arrive", || async { got().await == json!([1, 2, 3]) }).await;
+
+    topology.gateway(&lost).process.kill();
+    // Published at once, most likely before the browser has reconnected.
+    for n in 4..=6 {
+        publish(n).await;
+    }
+    eventually("every message once, in order", || async { got().await == json!([1, 2, 3, 4, 5, 6]) }).await;
+    let node = page.0.execute("return window.stream.node", vec![]).await.unwrap();
+    assert_ne!(node.as_str(), Some(lost.as_str()), "resumed on another gateway");
+    page.0.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(profile);
+}

@@ -17,6 +17,7 @@ use herald::config::{AuthMode, Config, NamespaceConfig, RouteConfig};
 use serde_json::{Value, json};
 
 use crate::harness::{Client, GatewayProcess, Node, config, eventually, http};
+use crate::sse::EventStream;
 
 /// What the backend saw: every call's path, forwarded cookie and body.
 #[derive(Default)]
@@ -276,4 +277,32 @@ async fn hook_urls_and_cookies_are_never_logged() {
     for secret in ["hunter2", "secret-cookie-value", "session=broken"] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
+}
+
+#[tokio::test]
+async fn a_server_sent_events_stream_is_admitted_by_the_connect_hook_with_its_cookie() {
+    let (addr, backend) = start_backend().await;
+    let node = Node::ready(proxied(addr)).await;
+    let url = format!("http://{}/sse?groups=chat.lobby", node.addr);
+    let mut ann = EventStream::open(&url, &[("cookie", "session=ann")]).await.unwrap();
+    ann.expect("welcome").await;
+    assert_eq!(ann.expect("subscribed").await.data, json!({"type": "subscribed", "group": "user.ann"}));
+    assert_eq!(ann.expect("subscribed").await.data["group"], "chat.lobby");
+    let (cookie, request) = backend.calls("connect").pop().unwrap();
+    assert_eq!((cookie.as_deref(), request["transport"].as_str()), (Some("session=ann"), Some("sse")));
+    // The namespace's subscribe hook was asked, as for a WebSocket.
+    assert_eq!(backend.calls("subscribe").pop().unwrap().1["group"], "chat.lobby");
+    assert_eq!(ann.expect("join").await.data["client"]["user"], "ann", "join events, as on a WebSocket");
+    node.publish("chat.lobby", json!("hello")).await;
+    assert_eq!(ann.expect("message").await.data["data"], "hello");
+
+    for (cookie, status) in [("session=nobody", 401), ("session=banned", 403), ("session=broken", 503)] {
+        let refused = EventStream::open(&url, &[("cookie", cookie)]).await.err().unwrap();
+        assert_eq!(refused.0, status, "{cookie}: {refused:?}");
+    }
+    let secret = format!("http://{}/sse?groups=chat.secret", node.addr);
+    let mut refused = EventStream::open(&secret, &[("cookie", "session=ann")]).await.unwrap();
+    refused.expect("welcome").await;
+    refused.expect("subscribed").await;
+    assert_eq!(refused.expect("herald-error").await.data["code"], "forbidden", "the hook said no");
 }

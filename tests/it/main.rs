@@ -27,3 +27,4 @@ mod scheduler_ha;
 mod security;
 mod sentinel;
 mod soak;
+mod sse;

@@ -37,6 +37,8 @@ pub(super) struct Handshake {
     pub(super) path: String,
     pub(super) headers: HeaderMap,
     pub(super) token: Option<String>,
+    /// What the connect hook is told the client uses: `websocket` or `sse`.
+    pub(super) transport: &'static str,
 }
 
 /// Why a client was not let in: the close code and the reason it is given.
@@ -63,14 +65,7 @@ impl Session {
         handshake: Handshake,
     ) -> Result<Vec<GroupName>, Refused> {
         let mode = self.gateway.config.auth_mode();
-        let assigned = match (mode, &handshake.token) {
-            (AuthMode::Proxy, _) => self.ask_backend(handshake).await?,
-            (AuthMode::Off, _) | (_, None) => Vec::new(),
-            (_, Some(token)) => {
-                self.accept_token(token)?;
-                Vec::new()
-            }
-        };
+        let assigned = self.admit(handshake).await?;
         self.send(protocol::welcome(&self.info.client, self.gateway.node_id())).await;
         if mode != AuthMode::Required || self.identity.is_some() {
             return Ok(assigned);
@@ -87,13 +82,26 @@ impl Session {
         }
     }
 
+    /// Who the client is, from its handshake alone: the connect hook's answer, or the token of
+    /// the URL (or `Authorization`). Returns the groups the backend puts the client in.
+    pub(super) async fn admit(&mut self, handshake: Handshake) -> Result<Vec<GroupName>, Refused> {
+        match (self.gateway.config.auth_mode(), &handshake.token) {
+            (AuthMode::Proxy, _) => self.ask_backend(handshake).await,
+            (AuthMode::Off, _) | (_, None) => Ok(Vec::new()),
+            (_, Some(token)) => {
+                self.accept_token(token)?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
     /// The connect hook: who the client is, and the groups it is put in at once.
     async fn ask_backend(&mut self, handshake: Handshake) -> Result<Vec<GroupName>, Refused> {
         let hooks = self.gateway.hooks.as_ref().expect("auth = \"proxy\" is validated to have a connect_url");
         let request = ConnectRequest {
             client: &self.info.client,
             node: self.gateway.node_id(),
-            transport: "websocket",
+            transport: handshake.transport,
             path: &handshake.path,
             params: &self.grants.params,
             remote_addr: handshake.peer.ip().to_string(),

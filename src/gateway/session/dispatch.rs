@@ -99,14 +99,14 @@ impl Session {
         Ok(json!({ "clients": clients }))
     }
 
-    /// Subscribes to the groups the connection's route names, recovering those the URL gives a
-    /// `since` for; failures are reported as `error` frames without an id and the connection
-    /// stays open.
-    pub(super) async fn join_route_groups(&mut self) {
+    /// Subscribes to the groups the connection's route (or SSE stream) names, recovering those
+    /// the URL gives a `since` for; failures are reported as `error` frames without an id and
+    /// the connection stays open.
+    pub(super) async fn join_granted(&mut self, asked: Asked) {
         let mut since = std::mem::take(&mut self.grants.since);
         for group in std::mem::take(&mut self.grants.subscribe) {
             let since = since.remove(&group);
-            if let Err(e) = self.subscribe(Asked::Route, group, since).await {
+            if let Err(e) = self.subscribe(asked, group, since).await {
                 self.send_error(&e).await;
             }
         }

@@ -30,6 +30,10 @@ pub(super) enum Asked {
     /// The connection's route: nobody waits for a reply (errors are still sent, and a route
     /// join with `since` is answered with a `recovered` frame).
     Route,
+    /// An SSE stream's `groups`: checked like a route's; every join is told with a `subscribed`
+    /// frame (with the position in groups with history) or, when it recovers, a `recovered`
+    /// frame, so the stream's event ids always say where it stands.
+    Stream,
     /// The backend (its connect hook): trusted, so neither the client's permissions nor the
     /// subscribe hook are asked, but `max_groups_per_client` holds. The client is told with a
     /// `subscribed` frame.
@@ -40,7 +44,7 @@ impl Asked {
     fn id(self) -> Option<u64> {
         match self {
             Asked::Client(id) => id,
-            Asked::Route | Asked::Server => None,
+            Asked::Route | Asked::Stream | Asked::Server => None,
         }
     }
 }
@@ -111,7 +115,7 @@ impl Session {
                 }
             }
             None => match asked {
-                Asked::Server => self.send(protocol::subscribed(&group, None)).await,
+                Asked::Server | Asked::Stream => self.send(protocol::subscribed(&group, None)).await,
                 _ => self.reply(asked, None).await,
             },
         }
@@ -203,7 +207,7 @@ impl Session {
     /// server-side subscription in its `subscribed` frame.
     async fn answer_position(&self, asked: Asked, group: &GroupName, at: &Position, recovered: Option<bool>) {
         match (asked, recovered) {
-            (Asked::Server, _) => {
+            (Asked::Server, _) | (Asked::Stream, None) => {
                 self.send(protocol::subscribed(group, Some((at.offset, &at.epoch)))).await;
             }
             (Asked::Client(_), _) => {
@@ -213,7 +217,7 @@ impl Session {
                 }
                 self.reply(asked, Some(&result)).await;
             }
-            (Asked::Route, Some(recovered)) => {
+            (Asked::Route | Asked::Stream, Some(recovered)) => {
                 self.send(protocol::recovered(group, recovered, at.offset, &at.epoch)).await;
             }
             (Asked::Route, None) => {}

@@ -10,6 +10,7 @@ mod auth;
 mod dispatch;
 mod membership;
 mod permissions;
+pub(super) mod sse;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
@@ -109,30 +110,12 @@ pub(super) struct Session {
 async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, mut grants: Grants) {
     let Admitted { peer, token, path, headers, since, slot: _slot } = admitted;
     grants.since = since;
-    let handshake = auth::Handshake { peer, path, headers, token };
-    let config = &gateway.config;
-    let outbox = Arc::new(Outbox::new(config.outbound_queue, config.outbound_queue_bytes));
-    let id = gateway.open_session(&outbox);
-    let client = format!("{}-{id}", gateway.node_id());
-    let span = tracing::info_span!("session", %client, %peer);
+    let handshake = auth::Handshake { peer, path, headers, token, transport: "websocket" };
+    let mut session = Session::open(gateway, grants);
+    let span = tracing::info_span!("session", client = %session.info.client, %peer);
     let (sink, mut stream) = socket.split();
-    let writer = writer::run(sink, outbox.clone(), config.write_timeout);
+    let writer = writer::run(sink, session.outbox.clone(), session.gateway.config.write_timeout);
     let writer = tokio::spawn(writer.instrument(span.clone()));
-    let info = ClientInfo { client, user: None, node: gateway.node_id().to_string(), info: None };
-    let next_ping = Instant::now() + config.ping_interval;
-    let mut session = Session {
-        limiter: rate_limiter(config.rate_limit, config.rate_limit_burst, &gateway.clock),
-        gateway,
-        id,
-        outbox,
-        info,
-        identity: None,
-        groups: membership::Joined::default(),
-        grants,
-        strikes: 0,
-        last_seen: Instant::now(),
-        next_ping,
-    };
     // Everything but the read loop runs boxed: a session's task is as large as its largest
     // state, and the hooks', egress' and recovery's futures would make every idle connection
     // pay for them (they tripled the memory per connection).
@@ -141,20 +124,12 @@ async fn run(gateway: Arc<Gateway>, socket: WebSocket, admitted: Admitted, mut g
         match Box::pin(session.authenticate(&mut stream, handshake)).await {
             Ok(assigned) => {
                 Box::pin(session.join_assigned(assigned)).await;
-                Box::pin(session.join_route_groups()).await;
+                Box::pin(session.join_granted(membership::Asked::Route)).await;
                 session.read(&mut stream).await;
             }
-            Err(refused) => {
-                tracing::debug!(code = refused.code, reason = %refused.reason, "not admitted");
-                session.outbox.close_with(refused.code, &refused.reason);
-            }
+            Err(refused) => session.refuse(refused),
         }
-        Box::pin(session.leave_all()).await;
-        session.gateway.close_session(session.id);
-        let code = session.outbox.close_requested();
-        if let Some(code) = code.filter(|c| *c != close::NORMAL) {
-            session.gateway.metrics.closes.get_or_create(&metrics::Code { code }).inc();
-        }
+        let code = Box::pin(session.end()).await;
         let _ = writer.await;
         drain_until_closed(stream).await;
         tracing::debug!(close = code, "disconnected");
@@ -170,6 +145,46 @@ fn rate_limiter(per_second: u32, burst: u32, clock: &DefaultClock) -> DefaultDir
 }
 
 impl Session {
+    /// A new session of `gateway`, its outbox registered, with what its route grants.
+    fn open(gateway: Arc<Gateway>, grants: Grants) -> Self {
+        let config = &gateway.config;
+        let outbox = Arc::new(Outbox::new(config.outbound_queue, config.outbound_queue_bytes));
+        let id = gateway.open_session(&outbox);
+        let client = format!("{}-{id}", gateway.node_id());
+        let info = ClientInfo { client, user: None, node: gateway.node_id().to_string(), info: None };
+        Session {
+            limiter: rate_limiter(config.rate_limit, config.rate_limit_burst, &gateway.clock),
+            next_ping: Instant::now() + config.ping_interval,
+            gateway,
+            id,
+            outbox,
+            info,
+            identity: None,
+            groups: membership::Joined::default(),
+            grants,
+            strikes: 0,
+            last_seen: Instant::now(),
+        }
+    }
+
+    /// Closes the client that was not let in, telling it why.
+    fn refuse(&self, refused: auth::Refused) {
+        tracing::debug!(code = refused.code, reason = %refused.reason, "not admitted");
+        self.outbox.close_with(refused.code, &refused.reason);
+    }
+
+    /// Leaves every group and unregisters the session; returns the close code, counted when
+    /// the server closed it.
+    async fn end(&mut self) -> Option<u16> {
+        self.leave_all().await;
+        self.gateway.close_session(self.id);
+        let code = self.outbox.close_requested();
+        if let Some(code) = code.filter(|c| *c != close::NORMAL) {
+            self.gateway.metrics.closes.get_or_create(&metrics::Code { code }).inc();
+        }
+        code
+    }
+
     /// Reads and dispatches frames until the client leaves, a close is asked for, the token
     /// expires, or the client stops answering pings.
     async fn read(&mut self, stream: &mut SplitStream<WebSocket>) {
