@@ -35,8 +35,10 @@
 //! - `hub`: group membership and fan-out to local sessions; the recovery gate.
 //! - `outbox`: each client's bounded outbound queue and close signal.
 //! - [`auth`]: token verification and what a token permits.
-//! - `hooks`: the application backend's connect, subscribe and publish hooks.
-//! - [`gateway`]: the axum server, WebSocket sessions, HTTP API, demo page.
+//! - `hooks`: the application backend's connect, subscribe and publish hooks, and webhooks (the
+//!   deployment's events, decided in Redis and delivered by the scheduler's leader).
+//! - [`gateway`]: the axum server, WebSocket and Server-Sent Events sessions, HTTP API (with the
+//!   control API, which reaches every gateway through Herald's own `~control` group), demo page.
 //! - [`scheduler`]: jobs that publish on a schedule, leader election between replicas.
 //! - `channels`: the bridge from a Django Channels layer (channels_redis) to Herald groups, and
 //!   back; it runs in the scheduler's leader.

@@ -9,7 +9,7 @@
 //! | `herald_groups` | gauge | groups with local members (= Redis subscriptions) |
 //! | `herald_messages_in_total` | counter | messages published through this instance |
 //! | `herald_messages_out_total` | counter | frames queued to local clients by fan-out |
-//! | `herald_drops_total{reason}` | counter | frames or requests dropped: `slow_consumer`, `rate_limited`, `publish_failed`, `publish_overloaded` |
+//! | `herald_drops_total{reason}` | counter | frames or requests dropped: `slow_consumer`, `rate_limited`, `publish_failed`, `publish_overloaded`, `webhook_change` (a session change webhooks could not be told) |
 //! | `herald_closes_total{code}` | counter | connections closed by the server, by close code |
 //! | `herald_redis_reconnects_total` | counter | pub/sub reconnections after a lost connection |
 //! | `herald_channels_events_total{layer,outcome}` | counter | Channels bridge events: `bridged`, `bad_input` (not what channels_redis writes), `not_bridged`, `echo` (Herald's own egress), `failed` (Herald's broker refused it), and egress `egress` / `egress_failed` |
@@ -20,6 +20,10 @@
 //! | `herald_job_published_total{job}` | counter | ticks that published |
 //! | `herald_job_failures_total{job}` | counter | failed runs (source error, timeout, Redis) |
 //! | `herald_job_skipped_total{job,reason}` | counter | ticks skipped: `overlap`, `unchanged` |
+//! | `herald_webhooks_sent_total` | counter | webhook events the endpoint took (leader) |
+//! | `herald_webhook_failures_total` | counter | failed webhook attempts: a timeout, a connection error, a non-2xx answer (leader) |
+//! | `herald_webhook_backlog` | gauge | webhook events waiting in Redis (leader) |
+//! | `herald_webhooks_dropped` | gauge | webhook events the deployment dropped from a full backlog, ever (leader) |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -86,6 +90,10 @@ pub struct Metrics {
     pub job_published: Family<Job, Counter>,
     pub job_failures: Family<Job, Counter>,
     pub job_skipped: Family<JobSkip, Counter>,
+    pub webhooks_sent: Counter,
+    pub webhook_failures: Counter,
+    pub webhook_backlog: Gauge,
+    pub webhooks_dropped: Gauge,
 }
 
 impl Default for Metrics {
@@ -109,6 +117,10 @@ impl Default for Metrics {
             job_published: Family::default(),
             job_failures: Family::default(),
             job_skipped: Family::default(),
+            webhooks_sent: Counter::default(),
+            webhook_failures: Counter::default(),
+            webhook_backlog: Gauge::default(),
+            webhooks_dropped: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "WebSocket connections held", m.connections.clone());
@@ -151,6 +163,14 @@ impl Default for Metrics {
         registry.register("job_published", "Scheduler ticks that published", m.job_published.clone());
         registry.register("job_failures", "Failed scheduler runs", m.job_failures.clone());
         registry.register("job_skipped", "Scheduler ticks skipped, by reason", m.job_skipped.clone());
+        registry.register("webhooks_sent", "Webhook events the endpoint took", m.webhooks_sent.clone());
+        registry.register("webhook_failures", "Failed webhook delivery attempts", m.webhook_failures.clone());
+        registry.register("webhook_backlog", "Webhook events waiting in Redis", m.webhook_backlog.clone());
+        registry.register(
+            "webhooks_dropped",
+            "Webhook events dropped from a full backlog",
+            m.webhooks_dropped.clone(),
+        );
         Self { registry, ..m }
     }
 }

@@ -15,6 +15,7 @@ mod proxy;
 mod redis;
 mod routes;
 mod security;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ pub use proxy::ProxyConfig;
 pub use redis::RedisTarget;
 pub use routes::RouteConfig;
 pub use security::AuthMode;
+pub use webhooks::{WEBHOOK_EVENTS, WebhooksConfig};
 
 /// Environment variables with the `HERALD_` prefix that are not config keys.
 const NON_CONFIG_ENV: &[&str] = &["config", "log_format"];
@@ -156,6 +158,8 @@ pub struct Config {
     pub channels: Option<ChannelsConfig>,
     /// Hooks to the application's backend.
     pub proxy: ProxyConfig,
+    /// Events of the deployment POSTed to the backend.
+    pub webhooks: WebhooksConfig,
     /// Serve `POST /demo/token`, which signs a token for any name with `auth_hmac_secret`, so
     /// the demo page shows who is there. Standalone turns it on when it runs without keys of
     /// its own (with a random secret); never turn it on for a real deployment.
@@ -202,6 +206,7 @@ impl Default for Config {
             scheduler: SchedulerConfig::default(),
             jobs: Vec::new(),
             channels: None,
+            webhooks: WebhooksConfig::default(),
             proxy: ProxyConfig::default(),
             demo_tokens: false,
         }
@@ -293,6 +298,7 @@ impl Config {
         if let Some(bridge) = &self.channels {
             channels::validate(bridge, self.redis().as_ref())?;
         }
+        webhooks::validate(&self.webhooks, self.redis().is_some())?;
         jobs::validate(&self.jobs, &self.scheduler)
     }
 

@@ -35,6 +35,7 @@ use crate::channels::{Egress, Layer};
 use crate::config::Config;
 use crate::group::GroupName;
 use crate::hooks::Hooks;
+use crate::hooks::webhooks::{Change, Tracker};
 use crate::hub::{Hub, MemberId, Registry};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -72,6 +73,8 @@ pub struct Gateway {
     egress: Option<Egress>,
     /// The backend's hooks, when `[proxy]` names any.
     hooks: Option<Hooks>,
+    /// Reports sessions' changes for webhooks, when `[webhooks]` has a URL.
+    webhooks: Option<Tracker>,
     /// The clock of every session's rate limiter, built once: building one probes the CPU,
     /// which per connection was a sixth of the gateway's cost of opening a session.
     clock: governor::clock::DefaultClock,
@@ -96,6 +99,7 @@ impl Gateway {
         let hub = Hub::new(registry, broker, resumes, metrics.clone());
         let egress = Egress::of(Layer::compile(&config)?.as_ref(), &metrics);
         let hooks = Hooks::from_config(&config, &metrics)?;
+        let webhooks = Tracker::start(&config, metrics.clone(), stopped.clone())?;
         Ok(Arc::new(Self {
             config,
             hub,
@@ -114,6 +118,7 @@ impl Gateway {
             metrics,
             egress,
             hooks,
+            webhooks,
             clock: governor::clock::DefaultClock::default(),
             started_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         }))
@@ -147,6 +152,13 @@ impl Gateway {
 
     fn close_session(&self, id: MemberId) {
         self.live.close(id);
+    }
+
+    /// Tells webhooks of a session's change, when they are on.
+    pub(crate) fn track(&self, change: impl FnOnce() -> Change) {
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.report(change());
+        }
     }
 
     /// This instance as the cluster sees it.

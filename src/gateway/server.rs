@@ -42,6 +42,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> std::io::Res
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     gateway.sessions.close();
     gateway.sessions.wait().await;
+    if let Some(webhooks) = &gateway.webhooks {
+        // The sessions' last leaves and disconnects, before the process may exit.
+        webhooks.flushed(Duration::from_secs(5)).await;
+    }
     gateway.stopped.cancel();
     Ok(())
 }

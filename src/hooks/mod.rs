@@ -8,6 +8,8 @@
 //! makes its callers wait (up to the timeout) but never anyone else. Hook URLs and forwarded
 //! headers are never logged (reqwest's errors are logged without their URL).
 
+pub(crate) mod webhooks;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -30,6 +30,7 @@ use crate::broker::redis::RedisStore;
 use crate::broker::{Directory, HistoryPolicy, Publisher};
 use crate::channels::{Bridge, Egress, Layer};
 use crate::config::{Config, ConfigError};
+use crate::hooks::webhooks::Deliverer;
 use crate::metrics::{self, Metrics};
 use crate::redis::Pool;
 use coordinator::{Coordinator, MemoryCoordinator, RedisCoordinator};
@@ -54,6 +55,8 @@ pub struct Scheduler {
     bridge: Option<Arc<Bridge>>,
     /// Sends job publishes to bridged groups into the Channels layer, when egress is on.
     egress: Option<Egress>,
+    /// Delivers the deployment's webhooks, run while leading, when `[webhooks]` has a URL.
+    webhooks: Option<Arc<Deliverer>>,
 }
 
 impl Scheduler {
@@ -106,6 +109,7 @@ impl Scheduler {
         let http = HttpClients::new().map_err(StartError::HttpClient)?;
         let layer = Layer::compile(config)?;
         let egress = Egress::of(layer.as_ref(), &metrics);
+        let metrics_for_webhooks = metrics.clone();
         let bridge = layer.map(|layer| {
             let config = Arc::new(config.clone());
             Arc::new(Bridge::new(layer, publisher.clone(), directory, config, metrics.clone()))
@@ -121,6 +125,7 @@ impl Scheduler {
             http,
             bridge,
             egress,
+            webhooks: Deliverer::from_config(config, metrics_for_webhooks)?,
         })
     }
 
@@ -150,13 +155,17 @@ impl Scheduler {
                 tokio::spawn(self.clone().job_timer(job.clone(), leader_rx.clone(), stop_jobs.clone()))
             })
             .collect();
-        let bridging = self
-            .bridge
-            .clone()
-            .map(|bridge| tokio::spawn(bridge_while_leading(bridge, leader_rx, stop_jobs.clone())));
+        let bridging = self.bridge.clone().map(|bridge| {
+            let run = move |term| bridge.clone().run(term);
+            tokio::spawn(while_leading(run, leader_rx.clone(), stop_jobs.clone()))
+        });
+        let delivering = self.webhooks.clone().map(|webhooks| {
+            let run = move |term| webhooks.clone().run(term);
+            tokio::spawn(while_leading(run, leader_rx.clone(), stop_jobs.clone()))
+        });
         lease::hold(self.coordinator.clone(), self.holder.clone(), self.lease_ttl, leader_tx, shutdown).await;
         stop_jobs.cancel();
-        for task in timers.into_iter().chain(bridging) {
+        for task in timers.into_iter().chain(bridging).chain(delivering) {
             let _ = task.await;
         }
     }
@@ -272,19 +281,20 @@ impl Scheduler {
     }
 }
 
-/// Runs the Channels bridge during each term of leadership, until `stop`.
-async fn bridge_while_leading(
-    bridge: Arc<Bridge>,
-    mut leader: watch::Receiver<bool>,
-    stop: CancellationToken,
-) {
+/// Runs `run` (the Channels bridge, the webhook deliverer) during each term of leadership,
+/// until `stop`; each run ends when its term's token is cancelled.
+async fn while_leading<F, Fut>(run: F, mut leader: watch::Receiver<bool>, stop: CancellationToken)
+where
+    F: Fn(CancellationToken) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             led = leader.wait_for(|leading| *leading) => if led.is_err() { return },
         }
         let term = stop.child_token();
-        let running = tokio::spawn(bridge.clone().run(term.clone()));
+        let running = tokio::spawn(run(term.clone()));
         tokio::select! {
             _ = stop.cancelled() => {}
             _ = leader.wait_for(|leading| !*leading) => {}

@@ -346,7 +346,8 @@ async fn a_browser_event_source_through_nginx_resumes_with_no_gap_when_its_gatew
           const stream = new HeraldEvents("/sse", ["chat.sse"]);
           window.stream = stream;
           stream.addEventListener("message", (e) => window.got.push(e.detail.data.n));
-          stream.addEventListener("state", (e) => e.detail.state === "open" && done(e.detail.node));
+          // Joined once subscribed: what is published from then on must all arrive.
+          stream.addEventListener("subscribed", () => done(stream.node));
           stream.connect();
         });"#;
     let lost = page.0.execute_async(script, vec![]).await.unwrap().as_str().unwrap().to_string();

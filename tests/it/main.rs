@@ -28,3 +28,4 @@ mod security;
 mod sentinel;
 mod soak;
 mod sse;
+mod webhooks;

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use super::Session;
 use crate::auth::{AuthError, Identity};
 use crate::group::GroupName;
+use crate::hooks::webhooks::Change;
 use crate::hooks::{ConnectRequest, HookError};
 use crate::protocol::close;
 
@@ -144,6 +145,10 @@ impl Session {
     /// Takes `identity` as who the client is, here and for the control API.
     fn adopt(&mut self, identity: Identity) {
         self.gateway.live.identify(self.id, identity.user.as_deref());
+        if let Some(user) = &identity.user {
+            let client = self.info.client.clone();
+            self.gateway.track(|| Change::Connect { client, user: user.clone() });
+        }
         self.info.user = identity.user.clone();
         self.info.info = identity.info.clone();
         self.identity = Some(identity);

@@ -18,6 +18,7 @@ use super::Session;
 use crate::broker::{BrokerError, HistoryPolicy, Plan, Position};
 use crate::gateway::live::Order;
 use crate::group::GroupName;
+use crate::hooks::webhooks::Change;
 use crate::hooks::{HookError, SubscribeRequest};
 use crate::hub::{Catching, Gate, Pace, Reached, catch_up};
 use crate::protocol::{self, ErrorCode, RequestError, Since};
@@ -133,6 +134,11 @@ impl Session {
         if namespace.join_leave {
             self.announce(&group, protocol::join(&group, &self.info)).await;
         }
+        gateway.track(|| Change::Join {
+            client: self.info.client.clone(),
+            user: self.info.user.clone(),
+            group: group.to_string(),
+        });
         Ok(())
     }
 
@@ -319,6 +325,8 @@ impl Session {
     async fn leave(&self, group: &GroupName) {
         let gateway = &self.gateway;
         gateway.hub.leave(group, self.id);
+        let client = self.info.client.clone();
+        gateway.track(|| Change::Leave { client, group: group.to_string() });
         gateway.metrics.subscriptions.dec();
         let namespace = gateway.config.namespace(group.namespace());
         if namespace.presence {

@@ -32,6 +32,7 @@ use super::Gateway;
 use super::admission::Admitted;
 use crate::auth::Identity;
 use crate::group::GroupName;
+use crate::hooks::webhooks::Change;
 use crate::hub::MemberId;
 use crate::metrics;
 use crate::outbox::{Attention, Outbox};
@@ -178,6 +179,10 @@ impl Session {
     async fn end(&mut self) -> Option<u16> {
         self.leave_all().await;
         self.gateway.close_session(self.id);
+        if self.info.user.is_some() {
+            let client = self.info.client.clone();
+            self.gateway.track(|| Change::Disconnect { client });
+        }
         let code = self.outbox.close_requested();
         if let Some(code) = code.filter(|c| *c != close::NORMAL) {
             self.gateway.metrics.closes.get_or_create(&metrics::Code { code }).inc();
