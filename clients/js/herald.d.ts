@@ -61,7 +61,9 @@ export interface HeraldEventMap {
   leave: CustomEvent<{ type: "leave"; group: string; client: ClientInfo }>;
   /** Something missed in a group could not be recovered: reload that group's state. */
   recovered: CustomEvent<{ group: string; recovered: false }>;
-  /** The server took the client out of a group (its rights narrowed). */
+  /** The backend put this connection in a group (the connect hook, the control API). */
+  subscribed: CustomEvent<{ group: string }>;
+  /** The server took the client out of a group (its rights narrowed, or the backend did). */
   unsubscribed: CustomEvent<{ group: string; reason: string }>;
   disconnect: CustomEvent<{ code: number; reason: string }>;
   /** A remembered group could not be joined, or the route's groups refused one (`group` null). */

@@ -189,6 +189,11 @@ export class HeraldClient extends EventTarget {
         this._advance(msg.group, { offset: msg.offset, epoch: msg.epoch });
         if (!msg.recovered) this._emit("recovered", { group: msg.group, recovered: false });
         break;
+      case "subscribed":
+        // The backend put this connection in a group (connect hook, control API): for this
+        // connection only, a reconnect does not join it again.
+        this._emit("subscribed", { group: msg.group });
+        break;
       case "unsubscribed":
         this._groups.delete(msg.group);
         this._routed.delete(msg.group);

@@ -137,27 +137,33 @@ async fn a_killed_gateways_clients_leave_once_its_liveness_expires() {
     let redis = Redis::start().await;
     let (at, endpoint) = start_endpoint().await;
     let toml = format!(
-        "redis_url = \"{}\"\nnode_id = \"doomed\"\nauth = \"off\"\npresence_ttl = \"1s\"\n[webhooks]\nurl = \"http://{at}/events\"\nsecret = \"{SECRET}\"\nvacate_delay = \"500ms\"\n",
-        redis.url()
+        "redis_url = \"{}\"\nnode_id = \"doomed\"\nauth = \"optional\"\nauth_hmac_secret = \"{}\"\npresence_ttl = \"1s\"\n[webhooks]\nurl = \"http://{at}/events\"\nsecret = \"{SECRET}\"\nvacate_delay = \"500ms\"\n",
+        redis.url(),
+        crate::security::SECRET,
     );
     let mut gateway = GatewayProcess::start(&toml).await;
     let _leader = InProcessScheduler::start(&webhook_config(&redis, "scheduler", at));
     let mut clients = Vec::new();
-    for _ in 0..3 {
-        let mut client = gateway.client().await;
+    for user in ["ann", "bob", "bob"] {
+        let token = token(json!({"sub": user, "exp": now() + 600}));
+        let mut client = Client::connect(&format!("ws://{}/ws?token={token}", gateway.addr)).await;
         client.subscribe("chat.z").await;
         clients.push(client);
     }
-    eventually("occupied and three joins", || async { endpoint.events().len() == 4 }).await;
+    // Two users online, the group occupied, three joins.
+    eventually("online, occupied, joins", || async { endpoint.events().len() == 6 }).await;
     gateway.process.kill();
-    eventually("three leaves, then vacated", || async {
-        endpoint.count("leave", "chat.z") == 3 && endpoint.count("group_vacated", "chat.z") == 1
+    eventually("three leaves, two users offline, then vacated", || async {
+        endpoint.count("leave", "chat.z") == 3
+            && endpoint.count("user_offline", "ann") == 1
+            && endpoint.count("user_offline", "bob") == 1
+            && endpoint.count("group_vacated", "chat.z") == 1
     })
     .await;
     let leave = endpoint.events().into_iter().find(|e| e["event"] == "leave").unwrap();
-    assert_eq!(leave["node"], "doomed");
+    assert_eq!((leave["node"].as_str(), leave["group"].as_str()), (Some("doomed"), Some("chat.z")));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(endpoint.events().len(), 8, "once each: {:?}", endpoint.seen());
+    assert_eq!(endpoint.events().len(), 12, "once each: {:?}", endpoint.seen());
 }
 
 #[tokio::test]
