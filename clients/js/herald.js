@@ -41,7 +41,20 @@ export class HeraldError extends Error {
 /** Close codes after which reconnecting cannot help. */
 const TERMINAL_CLOSES = new Set([4003]);
 
-export class HeraldClient extends EventTarget {
+/** What both clients share: a `state`, and events whose `detail` says what happened. */
+class Emitter extends EventTarget {
+  _setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this._emit("state", { state, node: this.node, client: this.clientId });
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+export class HeraldClient extends Emitter {
   /**
    * @param {string} url WebSocket URL (`ws://host/ws`, or a route such as `/ws/chat/lobby`).
    * @param {object} [options]
@@ -291,16 +304,6 @@ export class HeraldClient extends EventTarget {
     this._ws.send(JSON.stringify({ ...message, id }));
     return new Promise((resolve, reject) => this._pending.set(id, { resolve, reject }));
   }
-
-  _setState(state) {
-    if (this.state === state) return;
-    this.state = state;
-    this._emit("state", { state, node: this.node, client: this.clientId });
-  }
-
-  _emit(type, detail) {
-    this.dispatchEvent(new CustomEvent(type, { detail }));
-  }
 }
 
 /**
@@ -314,7 +317,7 @@ export class HeraldClient extends EventTarget {
  * proxy was gone, say) the stream is opened again after a delay, from the same positions. A
  * close the server means as final (4001, 4003) stops it.
  */
-export class HeraldEvents extends EventTarget {
+export class HeraldEvents extends Emitter {
   /**
    * @param {string} url the stream's URL without query (`/sse`, `https://host/sse`)
    * @param {string[]} groups the groups to read
@@ -384,15 +387,5 @@ export class HeraldEvents extends EventTarget {
     if (this._source) this._source.close();
     this._source = null;
     this._setState("closed");
-  }
-
-  _setState(state) {
-    if (this.state === state) return;
-    this.state = state;
-    this._emit("state", { state, node: this.node, client: this.clientId });
-  }
-
-  _emit(type, detail) {
-    this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 }

@@ -1,5 +1,5 @@
-//! The demo page served at `/` (its live panel over Server-Sent Events at `/live`), the
-//! JavaScript client at `/herald.js` (with its types at `/herald.d.ts`), embedded in the binary
+//! The demo page served at `/` (its live panel over Server-Sent Events at `/live`, both with
+//! `/demo.css` and `/live-panel.js`), the JavaScript client at `/herald.js` (with its types at `/herald.d.ts`), embedded in the binary
 //! so standalone mode needs no files; and, with
 //! `demo_tokens` (standalone without keys of its own), `POST /demo/token`, which signs a token
 //! for the name the page picks, so "Here now" shows names.
@@ -20,21 +20,25 @@ use super::Gateway;
 
 const INDEX: &str = include_str!("../../assets/index.html");
 const LIVE: &str = include_str!("../../assets/live.html");
+const STYLE: &str = include_str!("../../assets/demo.css");
+const LIVE_PANEL: &str = include_str!("../../assets/live-panel.js");
 const CLIENT: &str = include_str!("../../clients/js/herald.js");
 const CLIENT_TYPES: &str = include_str!("../../clients/js/herald.d.ts");
 /// How long a demo token lasts.
 const DEMO_TOKEN_SECS: u64 = 24 * 3600;
 
 pub(super) fn router(gateway: &Gateway) -> Router<Arc<Gateway>> {
-    let javascript = |body: &'static str, kind: &'static str| ([(header::CONTENT_TYPE, kind)], body);
+    let asset = |body: &'static str, kind: &'static str| ([(header::CONTENT_TYPE, kind)], body);
     let router = Router::new()
         .route("/", get(|| async { Html(INDEX) }))
         .route("/live", get(|| async { Html(LIVE) }))
-        .route("/herald.js", get(move || async move { javascript(CLIENT, "text/javascript; charset=utf-8") }))
+        .route("/demo.css", get(move || async move { asset(STYLE, "text/css; charset=utf-8") }))
         .route(
-            "/herald.d.ts",
-            get(move || async move { javascript(CLIENT_TYPES, "text/plain; charset=utf-8") }),
-        );
+            "/live-panel.js",
+            get(move || async move { asset(LIVE_PANEL, "text/javascript; charset=utf-8") }),
+        )
+        .route("/herald.js", get(move || async move { asset(CLIENT, "text/javascript; charset=utf-8") }))
+        .route("/herald.d.ts", get(move || async move { asset(CLIENT_TYPES, "text/plain; charset=utf-8") }));
     match gateway.config.demo_tokens {
         true => router.route("/demo/token", post(demo_token)),
         false => router,

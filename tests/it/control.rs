@@ -33,16 +33,6 @@ async fn post(at: SocketAddr, path: &str, body: Value) -> (u16, Value) {
     http(at, "POST", path, &[], &body.to_string()).await
 }
 
-/// The next frame that is not a message.
-async fn next_event(client: &mut Client) -> Value {
-    loop {
-        let frame = client.recv().await;
-        if frame["type"] != "message" {
-            return frame;
-        }
-    }
-}
-
 #[tokio::test]
 async fn disconnect_closes_a_users_connections_on_every_gateway() {
     let (_redis, a, b) = two_gateways().await;
@@ -75,7 +65,7 @@ async fn backend_subscriptions_reach_connections_on_every_gateway() {
     let join = json!({"user": "ann", "group": "news.ann"});
     assert_eq!(post(a.addr, "/api/subscribe", join.clone()).await, (200, json!({"affected": 2})));
     for ann in [&mut ann_a, &mut ann_b] {
-        assert_eq!(next_event(ann).await, json!({"type": "subscribed", "group": "news.ann"}));
+        assert_eq!(ann.next_event().await, json!({"type": "subscribed", "group": "news.ann"}));
     }
     assert_eq!(post(b.addr, "/api/subscribe", join).await, (200, json!({"affected": 0})), "already in");
     a.publish("news.ann", json!("for ann")).await;
@@ -99,7 +89,7 @@ async fn backend_subscriptions_reach_connections_on_every_gateway() {
     let leave = json!({"user": "ann", "group": "news.ann"});
     assert_eq!(post(b.addr, "/api/unsubscribe", leave).await, (200, json!({"affected": 2})));
     for ann in [&mut ann_a, &mut ann_b] {
-        let event = next_event(ann).await;
+        let event = ann.next_event().await;
         assert_eq!(event, json!({"type": "unsubscribed", "group": "news.ann", "reason": "server"}));
     }
     a.publish("news.ann", json!("gone")).await;
@@ -115,7 +105,7 @@ async fn backend_subscriptions_respect_max_groups_per_client() {
     ann.subscribe("chat.two").await;
     let join = json!({"user": "ann", "group": "news.three"});
     assert_eq!(post(a.addr, "/api/subscribe", join).await, (200, json!({"affected": 0})));
-    let refused = next_event(&mut ann).await;
+    let refused = ann.next_event().await;
     assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("forbidden")));
 }
 

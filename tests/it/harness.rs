@@ -456,6 +456,16 @@ impl Client {
         }
     }
 
+    /// The next frame that is not a message.
+    pub async fn next_event(&mut self) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] != "message" {
+                return frame;
+            }
+        }
+    }
+
     pub async fn subscribe(&mut self, group: &str) {
         let answer = self.request(json!({"type": "subscribe", "group": group})).await;
         assert_eq!(answer["type"], "reply", "subscribe {group}: {answer}");

@@ -3,7 +3,7 @@
 //! give each user its own group alone; odd tokens and binary frames get no way around the rules.
 
 use herald::config::{AuthMode, NamespaceConfig, RouteConfig};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::harness::{Client, Node};
 use crate::security::{auth_config, now, token};
@@ -13,16 +13,6 @@ fn chat_route() -> RouteConfig {
         path: "/ws/chat/{room}".into(),
         subscribe: vec!["chat.{room}".into()],
         publish: Some(vec!["chat.{room}".into()]),
-    }
-}
-
-/// The next frame that is not a message.
-async fn next_event(client: &mut Client) -> Value {
-    loop {
-        let frame = client.recv().await;
-        if frame["type"] != "message" {
-            return frame;
-        }
     }
 }
 
@@ -108,7 +98,7 @@ async fn a_narrower_refresh_or_late_auth_leaves_the_groups_it_no_longer_allows()
     let narrow = token(json!({"sub": "ann", "exp": now() + 600, "groups": ["chat.a"]}));
     assert_eq!(client.request(json!({"type": "refresh", "token": narrow})).await["type"], "reply");
     assert_eq!(
-        next_event(&mut client).await,
+        client.next_event().await,
         json!({"type": "unsubscribed", "group": "chat.b", "reason": "forbidden"})
     );
     node.publish("chat.b", json!("gone")).await;
@@ -120,7 +110,7 @@ async fn a_narrower_refresh_or_late_auth_leaves_the_groups_it_no_longer_allows()
     anonymous.subscribe("news").await;
     let news_only = token(json!({"sub": "bob", "exp": now() + 600, "groups": ["news"]}));
     assert_eq!(anonymous.request(json!({"type": "auth", "token": news_only})).await["type"], "reply");
-    assert_eq!(next_event(&mut anonymous).await["group"], "chat.a");
+    assert_eq!(anonymous.next_event().await["group"], "chat.a");
     node.publish("chat.a", json!("gone")).await;
     node.publish("news", json!("kept")).await;
     assert_eq!(anonymous.message().await, ("news".into(), json!("kept")));
