@@ -1,4 +1,5 @@
-//! A client's bounded outbound queue and its close signal.
+//! A client's bounded outbound queue, its close signal, and the signal that the backend left
+//! orders for its session (the control API).
 //!
 //! The queue is bounded both in frames (`outbound_queue`) and in bytes (`outbound_queue_bytes`),
 //! and both bounds cover every frame: group messages and the session's own replies alike. The

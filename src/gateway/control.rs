@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::Gateway;
-use super::live::{Order, Target};
+use super::live::{Order, Picked, Target};
 use crate::broker::BrokerError;
 use crate::group::GroupName;
 use crate::outbox::Outbox;
@@ -153,19 +153,15 @@ impl Gateway {
                 }
             }
             Command::Subscribe { target, group } => {
-                answer.affected = self.order_all(&target, |tx| Order::Subscribe(group.clone(), tx)).await;
+                let done = self.order_all(&target, |tx| Order::Subscribe(group.clone(), tx)).await;
+                answer.affected = done.iter().filter(|(_, changed)| *changed).count() as u64;
             }
             Command::Unsubscribe { target, group } => {
-                answer.affected = self.order_all(&target, |tx| Order::Unsubscribe(group.clone(), tx)).await;
+                let done = self.order_all(&target, |tx| Order::Unsubscribe(group.clone(), tx)).await;
+                answer.affected = done.iter().filter(|(_, changed)| *changed).count() as u64;
             }
             Command::Connections { target } => {
-                let deadline = Instant::now() + SESSIONS_WITHIN;
-                for session in self.live.pick(node, &target) {
-                    let (tx, rx) = oneshot::channel();
-                    if !self.live.order(session.id, Order::Describe(tx)) {
-                        continue;
-                    }
-                    let Ok(Ok(groups)) = tokio::time::timeout_at(deadline, rx).await else { continue };
+                for (session, groups) in self.order_all(&target, Order::Describe).await {
                     let client = format!("{node}-{}", session.id);
                     let user = session.user.as_deref().map(str::to_string);
                     answer.connections.push(Connection { client, user, node: node.to_string(), groups });
@@ -176,23 +172,28 @@ impl Gateway {
         answer
     }
 
-    /// Gives each session of `target` an order and counts those that carried it out.
-    async fn order_all(&self, target: &Target, order: impl Fn(oneshot::Sender<bool>) -> Order) -> u64 {
+    /// Gives each session of `target` an order, and returns the answers that came within
+    /// [`SESSIONS_WITHIN`], each with its session.
+    async fn order_all<T>(
+        &self,
+        target: &Target,
+        order: impl Fn(oneshot::Sender<T>) -> Order,
+    ) -> Vec<(Picked, T)> {
         let deadline = Instant::now() + SESSIONS_WITHIN;
         let mut pending = Vec::new();
         for session in self.live.pick(self.node_id(), target) {
             let (tx, rx) = oneshot::channel();
             if self.live.order(session.id, order(tx)) {
-                pending.push(rx);
+                pending.push((session, rx));
             }
         }
-        let mut done = 0;
-        for rx in pending {
-            if let Ok(Ok(true)) = tokio::time::timeout_at(deadline, rx).await {
-                done += 1;
+        let mut answers = Vec::new();
+        for (session, rx) in pending {
+            if let Ok(Ok(answer)) = tokio::time::timeout_at(deadline, rx).await {
+                answers.push((session, answer));
             }
         }
-        done
+        answers
     }
 
     /// What the control task does with one delivered control frame.

@@ -1,6 +1,6 @@
 //! The demo page served at `/` (its live panel over Server-Sent Events at `/live`, both with
-//! `/demo.css` and `/live-panel.js`), the JavaScript client at `/herald.js` (with its types at `/herald.d.ts`), embedded in the binary
-//! so standalone mode needs no files; and, with
+//! `/demo.css` and `/live-panel.js`), the JavaScript client at `/herald.js` (with its types at
+//! `/herald.d.ts`), embedded in the binary so standalone mode needs no files; and, with
 //! `demo_tokens` (standalone without keys of its own), `POST /demo/token`, which signs a token
 //! for the name the page picks, so "Here now" shows names.
 

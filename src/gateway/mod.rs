@@ -231,6 +231,11 @@ impl Gateway {
     }
 }
 
+/// The credential of an `Authorization: Bearer <credential>` header (an API key, a client token).
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
 fn router(gateway: Arc<Gateway>) -> Router {
     let mut router = Router::new()
         .merge(demo::router(&gateway))

@@ -127,11 +127,7 @@ fn authorize(keys: &[String], headers: &HeaderMap, peer: SocketAddr) -> Result<(
             )),
         };
     }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let presented = super::bearer(headers).unwrap_or("");
     // Compare against every key, without stopping early, so timing says nothing about which
     // key (or how much of one) matched.
     let matched = keys

@@ -27,6 +27,7 @@ use axum::extract::ws::Utf8Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use tracing::Instrument;
 
@@ -37,7 +38,7 @@ use crate::gateway::Gateway;
 use crate::gateway::admission::{Admitted, parse_since};
 use crate::gateway::error::ApiError;
 use crate::group::GroupName;
-use crate::outbox::Outbox;
+use crate::outbox::{Attention, Outbox};
 use crate::protocol::{ErrorCode, Since, close};
 
 /// Frames turned into one chunk of the body at most.
@@ -64,7 +65,7 @@ pub(in crate::gateway) async fn stream(
     since.extend(last_event_id(&headers)?);
     let grants = Grants { subscribe: groups, since, ..Grants::default() };
     let mut session = Session::open(gateway, grants);
-    let token = token.or_else(|| bearer(&headers));
+    let token = token.or_else(|| crate::gateway::bearer(&headers).map(str::to_string));
     let handshake = auth::Handshake { peer, path, headers: forwarded, token, transport: "sse" };
     let admitted = Box::pin(session.admit(handshake)).await;
     let assigned = match admitted.and_then(|assigned| session.check_stream().map(|()| assigned)) {
@@ -125,8 +126,9 @@ impl Session {
         }
     }
 
-    /// The stream's session: joins its groups (and those the connect hook assigned), then carries out orders until it is closed (by
-    /// the client going away, the drain, the control API) or its token expires.
+    /// The stream's session: joins its groups (and those the connect hook assigned), then
+    /// carries out orders until it is closed (by the client going away, the drain, the control
+    /// API) or its token expires.
     async fn run_stream(mut self, assigned: Vec<GroupName>) {
         tracing::debug!("stream opened");
         self.send(crate::protocol::welcome(&self.info.client, self.gateway.node_id())).await;
@@ -144,8 +146,8 @@ impl Session {
                 }
             };
             match attention {
-                crate::outbox::Attention::Close(_) => break,
-                crate::outbox::Attention::Orders => Box::pin(self.obey()).await,
+                Attention::Close(_) => break,
+                Attention::Orders => Box::pin(self.obey()).await,
             }
         }
         let code = Box::pin(self.end()).await;
@@ -197,12 +199,6 @@ fn last_event_id(headers: &HeaderMap) -> Result<HashMap<GroupName, Since>, ApiEr
         .collect()
 }
 
-/// The token of an `Authorization: Bearer` header.
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").map(str::to_string)
-}
-
 /// Closes the session when the body is dropped: the client went away.
 struct CloseOnDrop(Arc<Outbox>);
 
@@ -219,7 +215,6 @@ struct Writer {
     /// The last position seen in each group with history: the next event id.
     positions: BTreeMap<String, (u64, String)>,
     heartbeat: tokio::time::Interval,
-    started: bool,
     closed: bool,
 }
 
@@ -236,23 +231,20 @@ fn events(
         batch: VecDeque::new(),
         positions: BTreeMap::new(),
         heartbeat,
-        started: false,
         closed: false,
     };
-    futures_util::stream::unfold(writer, |mut writer| async move {
+    let retry = Bytes::from(format!("retry: {}\n\n", RETRY.as_millis()));
+    let events = futures_util::stream::unfold(writer, |mut writer| async move {
         let chunk = writer.next_chunk().await?;
         Some((Ok(chunk), writer))
-    })
+    });
+    futures_util::stream::once(std::future::ready(Ok(retry))).chain(events)
 }
 
 impl Writer {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.closed {
             return None;
-        }
-        if !self.started {
-            self.started = true;
-            return Some(Bytes::from(format!("retry: {}\n\n", RETRY.as_millis())));
         }
         let outbox = self.outbox.0.clone();
         tokio::select! {
