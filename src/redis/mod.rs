@@ -10,6 +10,7 @@
 //! touch one hash slot; Herald's keys and channels of a group share its slot (`{<group>}`).
 
 mod backoff;
+mod io;
 mod nodes;
 mod pool;
 pub(crate) mod pubsub;

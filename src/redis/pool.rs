@@ -4,31 +4,54 @@
 //! - Sentinel: the same, for the master the sentinels name now ([`SentinelPool`]).
 //! - Cluster: a deadpool of redis-rs cluster connections, which route each command by its key's
 //!   slot and follow `MOVED`/`ASK` and failovers on their own.
+//!
+//! deadpool-redis makes the connections, through [`Reusing`], which changes two things:
+//! - **Where their drivers run.** A connection's driver (the task that writes its commands and
+//!   reads its replies) is spawned where the connection is made. They are made on the Redis I/O
+//!   thread ([`io`](super::io)), so a command's round trip does not wait behind the fan-out's
+//!   thousands of writer tasks in the workers' queues.
+//! - **What reuse costs.** deadpool-redis checks a connection with a `PING` each time it leaves
+//!   the pool, which doubled the round trips of every publish. A connection whose last command
+//!   got its reply within [`TRUSTED_FOR`] goes back to work at once; one that sat idle longer is
+//!   still checked, and one whose last command failed for the connection's sake, or was abandoned
+//!   half-way (timed out), is replaced. The pool hands out the connection returned last, so the
+//!   busy ones stay trusted and the spare ones age into a check.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use redis::aio::ConnectionLike;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
-use super::Unavailable;
 use super::sentinel::SentinelPool;
+use super::{Unavailable, io};
 use crate::config::{ConfigError, RedisTarget};
 
-/// Pooled command connections; each is multiplexed, so a few carry any publish rate.
-pub(super) const POOL_SIZE: usize = 8;
+/// Pooled command connections. A command holds its connection until the reply, so there are
+/// enough for the concurrent publishes of a busy API (with 8, every second request of 16 at once
+/// waited for another's round trip); a pool makes them only as concurrency asks.
+pub(super) const POOL_SIZE: usize = 32;
+/// A connection handed out this recently, whose command then got its reply, is reused without
+/// a check.
+const TRUSTED_FOR: Duration = Duration::from_secs(1);
+
+/// A pool of connections to one server.
+pub(super) type SinglePool = managed::Pool<Reusing<deadpool_redis::Manager>>;
+type ClusterPool = managed::Pool<Reusing<deadpool_redis::cluster::Manager>>;
 
 /// A pool of command connections. Cheap to clone: clones share the pool.
 #[derive(Clone)]
 pub(crate) enum Pool {
-    Single(deadpool_redis::Pool),
+    Single(SinglePool),
     Sentinel(Arc<SentinelPool>),
-    Cluster(deadpool_redis::cluster::Pool),
+    Cluster(ClusterPool),
 }
 
 /// A connection taken from a [`Pool`]; returns to it when dropped.
 pub(crate) enum Conn {
-    Single(deadpool_redis::Connection),
-    Cluster(deadpool_redis::cluster::Connection),
+    Single(managed::Object<Reusing<deadpool_redis::Manager>>),
+    Cluster(managed::Object<Reusing<deadpool_redis::cluster::Manager>>),
 }
 
 impl Pool {
@@ -38,11 +61,10 @@ impl Pool {
         match target {
             RedisTarget::Single(url) => Self::single(url).map_err(|e| ConfigError::new("redis_url", e)),
             RedisTarget::Cluster(nodes) => {
-                let builder = deadpool_redis::cluster::Config::from_urls(nodes.clone()).builder();
-                let builder = builder.map_err(|e| ConfigError::new("redis_cluster_nodes", e))?;
-                Ok(Self::Cluster(
-                    bounded!(builder).build().map_err(|e| ConfigError::new("redis_cluster_nodes", e))?,
-                ))
+                let pool = deadpool_redis::cluster::Manager::new(nodes.clone(), false)
+                    .map_err(|e| e.to_string())
+                    .and_then(|manager| bounded(manager).map_err(|e| e.to_string()));
+                Ok(Self::Cluster(pool.map_err(|e| ConfigError::new("redis_cluster_nodes", e))?))
             }
             RedisTarget::Sentinel { sentinels, master } => Ok(Self::Sentinel(Arc::new(
                 SentinelPool::new(sentinels, master).map_err(|e| ConfigError::new("redis_sentinels", e))?,
@@ -52,8 +74,7 @@ impl Pool {
 
     /// A pool for one server at `url` (a Channels layer host, say).
     pub(crate) fn single(url: &str) -> Result<Self, String> {
-        let builder = deadpool_redis::Config::from_url(url).builder().map_err(|e| e.to_string())?;
-        Ok(Self::Single(bounded!(builder).build().map_err(|e| e.to_string())?))
+        single(url).map(Self::Single).map_err(|e| e.to_string())
     }
 
     /// Whether commands of different hash slots must go in separate pipelines.
@@ -64,25 +85,115 @@ impl Pool {
     pub(crate) async fn get(&self) -> Result<Conn, Unavailable> {
         match self {
             Self::Single(pool) => pool.get().await.map(Conn::Single).map_err(Unavailable::from_error),
-            Self::Sentinel(pool) => pool.get().await.map(Conn::Single),
+            Self::Sentinel(pool) => pool.get().await,
             Self::Cluster(pool) => pool.get().await.map(Conn::Cluster).map_err(Unavailable::from_error),
         }
     }
 }
 
-/// The same pool bounds for every kind of pool builder: size, and every wait within
-/// [`super::COMMAND_TIMEOUT`].
-macro_rules! bounded {
-    ($builder:expr) => {
-        $builder
-            .max_size($crate::redis::pool::POOL_SIZE)
-            .wait_timeout(Some($crate::redis::COMMAND_TIMEOUT))
-            .create_timeout(Some($crate::redis::COMMAND_TIMEOUT))
-            .recycle_timeout(Some($crate::redis::COMMAND_TIMEOUT))
-            .runtime(deadpool_redis::Runtime::Tokio1)
-    };
+/// A pool of connections to the server at `url`.
+pub(super) fn single(url: impl redis::IntoConnectionInfo) -> Result<SinglePool, Unavailable> {
+    // redis-rs gives up on a reply after 500 ms by default; every command is bounded by
+    // `COMMAND_TIMEOUT` already, and a Redis that is slow for a second still answers.
+    let timeouts = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(super::COMMAND_TIMEOUT))
+        .set_response_timeout(Some(super::COMMAND_TIMEOUT));
+    let manager = deadpool_redis::Manager::new_with_config(url, timeouts).map_err(Unavailable::from_error)?;
+    bounded(manager).map_err(Unavailable::from_error)
 }
-pub(super) use bounded;
+
+/// The same pool for every kind of connection: its size, and every wait within
+/// [`super::COMMAND_TIMEOUT`].
+fn bounded<M>(maker: M) -> Result<managed::Pool<Reusing<M>>, managed::BuildError>
+where
+    Reusing<M>: managed::Manager,
+{
+    managed::Pool::builder(Reusing(Arc::new(maker)))
+        .max_size(POOL_SIZE)
+        .wait_timeout(Some(super::COMMAND_TIMEOUT))
+        .create_timeout(Some(super::COMMAND_TIMEOUT))
+        .recycle_timeout(Some(super::COMMAND_TIMEOUT))
+        .queue_mode(managed::QueueMode::Lifo)
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
+}
+
+/// deadpool-redis's manager `M`, making connections on the Redis I/O thread and reusing them as
+/// the module says.
+pub(crate) struct Reusing<M>(Arc<M>);
+
+impl<M, C> managed::Manager for Reusing<M>
+where
+    M: managed::Manager<Type = C, Error = RedisError> + Send + Sync + 'static,
+    C: ConnectionLike + Send + Sync + 'static,
+{
+    type Type = Tracked<C>;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<Tracked<C>, RedisError> {
+        let maker = self.0.clone();
+        let made = io::run(async move { maker.create().await }).await;
+        made.map_err(|e| RedisError::from(std::io::Error::other(e)))?
+            .map(|conn| Tracked { conn, sound: true })
+    }
+
+    async fn recycle(&self, tracked: &mut Tracked<C>, metrics: &Metrics) -> RecycleResult<RedisError> {
+        if !tracked.sound {
+            return Err(RecycleError::message("its last command failed"));
+        }
+        if metrics.last_used() < TRUSTED_FOR {
+            return Ok(());
+        }
+        self.0.recycle(&mut tracked.conn, metrics).await
+    }
+}
+
+/// A pooled connection, and whether its last command ended with a reply (or a server error).
+pub(crate) struct Tracked<C> {
+    conn: C,
+    sound: bool,
+}
+
+impl<C: ConnectionLike + Send> Tracked<C> {
+    /// Runs `command` on the connection, which counts as sound again only if it ends with a
+    /// reply or an error of the server's; dropped half-way, it stays unsound.
+    fn tracking<'a, T: Send + 'a>(
+        &'a mut self,
+        command: impl FnOnce(&'a mut C) -> RedisFuture<'a, T> + Send + 'a,
+    ) -> RedisFuture<'a, T> {
+        let Self { conn, sound } = self;
+        Box::pin(async move {
+            *sound = false;
+            let reply = command(conn).await;
+            *sound = reply.as_ref().err().is_none_or(|e| !lost(e));
+            reply
+        })
+    }
+}
+
+/// Whether `e` says the connection itself failed (not the command).
+fn lost(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
+}
+
+impl<C: ConnectionLike + Send> ConnectionLike for Tracked<C> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.tracking(|conn| conn.req_packed_command(cmd))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.tracking(move |conn| conn.req_packed_commands(cmd, offset, count))
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {

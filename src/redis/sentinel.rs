@@ -10,11 +10,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::sentinel::{SentinelClient, SentinelServerType};
-use redis::{ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+use redis::{IntoConnectionInfo, RedisConnectionInfo};
 use tokio::sync::watch;
 
 use super::nodes::{Master, address};
-use super::pool::bounded;
+use super::pool::{self, SinglePool};
 use super::{COMMAND_TIMEOUT, Unavailable};
 
 /// How often the sentinels are asked.
@@ -24,7 +24,7 @@ const ASK_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct SentinelPool {
     master: watch::Receiver<Option<Master>>,
     /// The pool of the master named last, built when the name changes.
-    current: Mutex<Option<(String, deadpool_redis::Pool)>>,
+    current: Mutex<Option<(String, SinglePool)>>,
 }
 
 impl SentinelPool {
@@ -53,7 +53,7 @@ impl SentinelPool {
     }
 
     /// A connection to the current master.
-    pub(crate) async fn get(&self) -> Result<deadpool_redis::Connection, Unavailable> {
+    pub(crate) async fn get(&self) -> Result<pool::Conn, Unavailable> {
         let master = named(&self.master).await?;
         let pool = {
             let mut current = crate::lock(&self.current);
@@ -61,13 +61,13 @@ impl SentinelPool {
                 Some((addr, pool)) if *addr == master.addr => pool.clone(),
                 _ => {
                     // Connections to the old master go with its pool.
-                    let pool = master_pool(&master.info)?;
+                    let pool = pool::single(master.info.clone())?;
                     *current = Some((master.addr.clone(), pool.clone()));
                     pool
                 }
             }
         };
-        pool.get().await.map_err(Unavailable::from_error)
+        pool.get().await.map(pool::Conn::Single).map_err(Unavailable::from_error)
     }
 }
 
@@ -79,12 +79,6 @@ pub(crate) async fn named(master: &watch::Receiver<Option<Master>>) -> Result<Ma
         Ok(Ok(named)) => Ok(named.clone().expect("waited for a name")),
         _ => Err(Unavailable("the sentinels named no master".into())),
     }
-}
-
-fn master_pool(info: &ConnectionInfo) -> Result<deadpool_redis::Pool, Unavailable> {
-    let config = deadpool_redis::Config::from_connection_info(info.clone());
-    let builder = config.builder().map_err(Unavailable::from_error)?;
-    bounded!(builder).build().map_err(Unavailable::from_error)
 }
 
 /// Asks the sentinels every [`ASK_EVERY`] until everyone who listens is gone.

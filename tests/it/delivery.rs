@@ -144,6 +144,21 @@ async fn one_publish_per_message_whatever_the_member_and_instance_count() {
 }
 
 #[tokio::test]
+async fn a_publish_is_one_redis_command_on_a_connection_reused_without_a_check() {
+    let redis = Redis::start().await;
+    let node = Node::ready(config(Some(&redis), "gw-1")).await;
+    let (publishes, pings) = (redis.command_calls("spublish").await, redis.command_calls("ping").await);
+    for i in 0..20 {
+        assert_eq!(node.publish("news", json!(i)).await.0, 200);
+    }
+    assert_eq!(redis.command_calls("spublish").await - publishes, 20);
+    // A check of the connection that sat idle since start, and perhaps the subscriber's own
+    // probe of its pub/sub connection; checking every reuse would have been 20.
+    let checks = redis.command_calls("ping").await - pings;
+    assert!(checks <= 2, "{checks} PINGs for 20 publishes");
+}
+
+#[tokio::test]
 async fn standalone_delivers_on_the_in_memory_broker() {
     let mut config = crate::harness::config(None, "solo");
     config

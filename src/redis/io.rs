@@ -1,0 +1,30 @@
+//! The Redis I/O thread: a current-thread runtime of its own, on which every command
+//! connection is made and so runs its driver (redis-rs spawns a connection's driver where the
+//! connection is made).
+//!
+//! On the workers, a driver woken by Redis's reply waits its turn behind every task queued
+//! there; under a saturated fan-out that is a thousand writers, and a `POST /api/publish` waited
+//! for Redis ten times longer than Redis took. Here the driver is woken at once; only the task
+//! that sent the command waits for a worker, once.
+
+use std::sync::LazyLock;
+
+use tokio::runtime::{Builder, Handle};
+use tokio::task::JoinError;
+
+static THREAD: LazyLock<Handle> = LazyLock::new(|| {
+    let runtime = Builder::new_current_thread().enable_all().build().expect("the Redis I/O runtime builds");
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name("herald-redis".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .expect("the Redis I/O thread starts");
+    handle
+});
+
+/// Runs `future` on the Redis I/O thread and returns its output.
+pub(super) async fn run<T: Send + 'static>(
+    future: impl Future<Output = T> + Send + 'static,
+) -> Result<T, JoinError> {
+    THREAD.spawn(future).await
+}
