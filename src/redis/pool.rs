@@ -11,11 +11,17 @@
 //!   thread ([`io`](super::io)), so a command's round trip does not wait behind the fan-out's
 //!   thousands of writer tasks in the workers' queues.
 //! - **What reuse costs.** deadpool-redis checks a connection with a `PING` each time it leaves
-//!   the pool, which doubled the round trips of every publish. A connection whose last command
-//!   got its reply within [`TRUSTED_FOR`] goes back to work at once; one that sat idle longer is
-//!   still checked, and one whose last command failed for the connection's sake, or was abandoned
-//!   half-way (timed out), is replaced. The pool hands out the connection returned last, so the
-//!   busy ones stay trusted and the spare ones age into a check.
+//!   the pool, which doubled the round trips of every publish. A connection handed out within
+//!   [`TRUSTED_FOR`], whose command then did not fail for the connection's sake, goes back to
+//!   work at once; one that sat idle longer is still checked. A connection to one server whose
+//!   command failed that way, or was abandoned half-way (timed out), is replaced; a Cluster
+//!   connection reconnects its nodes itself, and is kept. The pool hands out the connection
+//!   returned last, so the busy ones stay trusted and the spare ones age into a check.
+//!
+//! The price: a connection that worked a moment ago and died since (Redis restarted) fails its
+//! next command once instead of being replaced by its check, as one whose check had just passed
+//! could before. Callers already treat any command as one that may fail: a publish is answered
+//! `unavailable`, and a catch-up from history retries.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +69,7 @@ impl Pool {
             RedisTarget::Cluster(nodes) => {
                 let pool = deadpool_redis::cluster::Manager::new(nodes.clone(), false)
                     .map_err(|e| e.to_string())
-                    .and_then(|manager| bounded(manager).map_err(|e| e.to_string()));
+                    .and_then(|manager| bounded(manager, false).map_err(|e| e.to_string()));
                 Ok(Self::Cluster(pool.map_err(|e| ConfigError::new("redis_cluster_nodes", e))?))
             }
             RedisTarget::Sentinel { sentinels, master } => Ok(Self::Sentinel(Arc::new(
@@ -99,16 +105,17 @@ pub(super) fn single(url: impl redis::IntoConnectionInfo) -> Result<SinglePool, 
         .set_connection_timeout(Some(super::COMMAND_TIMEOUT))
         .set_response_timeout(Some(super::COMMAND_TIMEOUT));
     let manager = deadpool_redis::Manager::new_with_config(url, timeouts).map_err(Unavailable::from_error)?;
-    bounded(manager).map_err(Unavailable::from_error)
+    bounded(manager, true).map_err(Unavailable::from_error)
 }
 
 /// The same pool for every kind of connection: its size, and every wait within
-/// [`super::COMMAND_TIMEOUT`].
-fn bounded<M>(maker: M) -> Result<managed::Pool<Reusing<M>>, managed::BuildError>
+/// [`super::COMMAND_TIMEOUT`]. `replace_lost`: whether a connection whose command failed for the
+/// connection's sake is replaced.
+fn bounded<M>(maker: M, replace_lost: bool) -> Result<managed::Pool<Reusing<M>>, managed::BuildError>
 where
     Reusing<M>: managed::Manager,
 {
-    managed::Pool::builder(Reusing(Arc::new(maker)))
+    managed::Pool::builder(Reusing { maker: Arc::new(maker), replace_lost })
         .max_size(POOL_SIZE)
         .wait_timeout(Some(super::COMMAND_TIMEOUT))
         .create_timeout(Some(super::COMMAND_TIMEOUT))
@@ -120,7 +127,10 @@ where
 
 /// deadpool-redis's manager `M`, making connections on the Redis I/O thread and reusing them as
 /// the module says.
-pub(crate) struct Reusing<M>(Arc<M>);
+pub(crate) struct Reusing<M> {
+    maker: Arc<M>,
+    replace_lost: bool,
+}
 
 impl<M, C> managed::Manager for Reusing<M>
 where
@@ -131,20 +141,20 @@ where
     type Error = RedisError;
 
     async fn create(&self) -> Result<Tracked<C>, RedisError> {
-        let maker = self.0.clone();
+        let maker = self.maker.clone();
         let made = io::run(async move { maker.create().await }).await;
         made.map_err(|e| RedisError::from(std::io::Error::other(e)))?
             .map(|conn| Tracked { conn, sound: true })
     }
 
     async fn recycle(&self, tracked: &mut Tracked<C>, metrics: &Metrics) -> RecycleResult<RedisError> {
-        if !tracked.sound {
+        if self.replace_lost && !tracked.sound {
             return Err(RecycleError::message("its last command failed"));
         }
         if metrics.last_used() < TRUSTED_FOR {
             return Ok(());
         }
-        self.0.recycle(&mut tracked.conn, metrics).await
+        self.maker.recycle(&mut tracked.conn, metrics).await
     }
 }
 
@@ -171,9 +181,10 @@ impl<C: ConnectionLike + Send> Tracked<C> {
     }
 }
 
-/// Whether `e` says the connection itself failed (not the command).
+/// Whether `e` says the connection itself failed (not the command): an I/O error (a dropped
+/// connection, a reply timeout) or one redis-rs says needs a new connection.
 fn lost(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
+    e.is_io_error() || e.is_unrecoverable_error()
 }
 
 impl<C: ConnectionLike + Send> ConnectionLike for Tracked<C> {
