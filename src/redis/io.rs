@@ -4,8 +4,8 @@
 //!
 //! On the workers, a driver woken by Redis's reply waits its turn behind every task queued
 //! there; under a saturated fan-out that is a thousand writers, and a `POST /api/publish` waited
-//! for Redis ten times longer than Redis took. Here the driver is woken at once; only the task
-//! that sent the command waits for a worker, once.
+//! milliseconds for a reply that Redis sent within microseconds. Here the driver is woken at
+//! once; only the task that sent the command waits for a worker, once.
 
 use std::sync::LazyLock;
 

@@ -6,8 +6,9 @@
 //!
 //! Every command goes through a pool of multiplexed connections, whose drivers run on a thread
 //! of their own ([`io`]), and is bounded by [`COMMAND_TIMEOUT`], so a Redis that stops answering
-//! turns into an [`Unavailable`] error within seconds instead of a task that hangs. On a Cluster, every command and script must
-//! touch one hash slot; Herald's keys and channels of a group share its slot (`{<group>}`).
+//! turns into an [`Unavailable`] error within seconds instead of a task that hangs. On a
+//! Cluster, every command and script must touch one hash slot; Herald's keys and channels of a
+//! group share its slot (`{<group>}`).
 
 mod backoff;
 mod io;

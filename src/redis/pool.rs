@@ -38,8 +38,8 @@ use crate::config::{ConfigError, RedisTarget};
 /// enough for the concurrent publishes of a busy API (with 8, every second request of 16 at once
 /// waited for another's round trip); a pool makes them only as concurrency asks.
 pub(super) const POOL_SIZE: usize = 32;
-/// A connection handed out this recently, whose command then got its reply, is reused without
-/// a check.
+/// A connection handed out this recently, whose command then did not fail for the connection's
+/// sake, is reused without a check.
 const TRUSTED_FOR: Duration = Duration::from_secs(1);
 
 /// A pool of connections to one server.
