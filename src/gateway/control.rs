@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::Gateway;
-use super::live::{Order, Picked, Target};
+use super::live::{Order, Picked, Target, client_id};
 use crate::broker::BrokerError;
 use crate::group::GroupName;
 use crate::outbox::Outbox;
@@ -162,7 +162,7 @@ impl Gateway {
             }
             Command::Connections { target } => {
                 for (session, groups) in self.order_all(&target, Order::Describe).await {
-                    let client = format!("{node}-{}", session.id);
+                    let client = client_id(node, session.id);
                     let user = session.user.as_deref().map(str::to_string);
                     answer.connections.push(Connection { client, user, node: node.to_string(), groups });
                 }

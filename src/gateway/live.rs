@@ -49,6 +49,16 @@ pub(crate) enum Target {
     Client(String),
 }
 
+/// The client id of session `id` on `node`, as its welcome frame gives it: `<node>-<id>`.
+pub(crate) fn client_id(node: &str, id: MemberId) -> String {
+    format!("{node}-{id}")
+}
+
+/// The session id in `client`, when the client id is one of `node`'s ([`client_id`]).
+fn session_id(node: &str, client: &str) -> Option<MemberId> {
+    client.strip_prefix(node)?.strip_prefix('-')?.parse().ok()
+}
+
 #[derive(Default)]
 pub(crate) struct Live {
     sessions: Mutex<HashMap<MemberId, Entry>>,
@@ -79,7 +89,7 @@ impl Live {
         self.lock().values().map(|entry| entry.outbox.clone()).collect()
     }
 
-    /// The sessions of `target` on this instance (`node`: client ids are `<node>-<id>`).
+    /// The sessions of `target` on this instance, `node`.
     pub(crate) fn pick(&self, node: &str, target: &Target) -> Vec<Picked> {
         let sessions = self.lock();
         let picked = |(id, entry): (&MemberId, &Entry)| Picked {
@@ -92,8 +102,7 @@ impl Live {
                 sessions.iter().filter(|(_, e)| e.user.as_deref() == Some(user)).map(picked).collect()
             }
             Target::Client(client) => {
-                let id = client.strip_prefix(node).and_then(|rest| rest.strip_prefix('-'));
-                let id = id.and_then(|id| id.parse::<MemberId>().ok());
+                let id = session_id(node, client);
                 id.and_then(|id| sessions.get_key_value(&id)).map(picked).into_iter().collect()
             }
         }

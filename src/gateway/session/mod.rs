@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 use super::Gateway;
 use super::admission::Admitted;
+use super::live;
 use crate::auth::Identity;
 use crate::group::GroupName;
 use crate::hooks::webhooks::Change;
@@ -160,7 +161,7 @@ impl Session {
         let config = &gateway.config;
         let outbox = Arc::new(Outbox::new(config.outbound_queue, config.outbound_queue_bytes));
         let id = gateway.open_session(&outbox);
-        let client = format!("{}-{id}", gateway.node_id());
+        let client = live::client_id(gateway.node_id(), id);
         let info = ClientInfo { client, user: None, node: gateway.node_id().to_string(), info: None };
         Session {
             limiter: rate_limiter(config.rate_limit, config.rate_limit_burst, &gateway.clock),
