@@ -142,20 +142,21 @@ impl Outbox {
         batch
     }
 
-    /// Moves up to `max` queued frames into the empty `batch` (all of them, by swapping the
-    /// buffers, when they fit) and wakes waiting senders.
-    fn take_into(&self, max: usize, batch: &mut VecDeque<Utf8Bytes>) {
+    /// Moves queued frames, oldest first, to the end of `batch` until it holds `max` (into an
+    /// empty `batch` that all of them fit, by swapping the buffers) and wakes waiting senders.
+    pub(crate) fn take_into(&self, max: usize, batch: &mut VecDeque<Utf8Bytes>) {
         {
             let mut queue = crate::lock(&self.queue);
-            if queue.frames.is_empty() {
+            let count = queue.frames.len().min(max.saturating_sub(batch.len()));
+            if count == 0 {
                 return;
             }
-            if queue.frames.len() <= max {
+            if batch.is_empty() && count == queue.frames.len() {
                 std::mem::swap(&mut queue.frames, batch);
                 queue.bytes = 0;
             } else {
-                batch.extend(queue.frames.drain(..max));
-                queue.bytes -= batch.iter().map(|frame| frame.len()).sum::<usize>();
+                queue.bytes -= queue.frames.iter().take(count).map(|frame| frame.len()).sum::<usize>();
+                batch.extend(queue.frames.drain(..count));
             }
         }
         if self.waiting.load(Ordering::Acquire) > 0 {
@@ -308,6 +309,21 @@ mod tests {
         let mut all: Vec<_> = first.into_iter().collect();
         all.extend(outbox.take(8));
         assert_eq!(all, ["a", "b", "c", "d"], "in order, once");
+    }
+
+    #[test]
+    fn a_batch_is_topped_up_to_its_bound_and_frees_the_bytes_taken() {
+        let outbox = Outbox::new(100, 10);
+        let mut batch = VecDeque::from([Utf8Bytes::from_static("a")]);
+        for frame in ["bb", "cc", "dd"] {
+            assert!(outbox.push(Utf8Bytes::from_static(frame)));
+        }
+        outbox.take_into(3, &mut batch);
+        assert_eq!(batch, ["a", "bb", "cc"], "appended, oldest first, up to the bound");
+        assert!(outbox.push(Utf8Bytes::from_static("12345678")), "2 + 8 bytes fit in 10");
+        outbox.take_into(3, &mut batch);
+        assert_eq!(batch.len(), 3, "a full batch takes nothing");
+        assert_eq!(outbox.take(8), ["dd", "12345678"]);
     }
 
     #[test]
