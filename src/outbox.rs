@@ -122,9 +122,22 @@ impl Outbox {
     /// The writer's side: waits for frames or a due ping; moves up to `max` frames, oldest
     /// first, into `batch` (empty, the writer's buffer from the burst before) and tells whether
     /// to ping first. When every queued frame fits, the two buffers change places, so a busy
-    /// client's queue grows its buffer once rather than on every burst.
-    pub(crate) async fn next_batch(&self, max: usize, batch: &mut VecDeque<Utf8Bytes>) -> bool {
+    /// client's queue grows its buffer once rather than on every burst. Woken for fewer than
+    /// `linger_below` frames, it first lets the runtime's other ready tasks run once, so that
+    /// what they queue meanwhile goes out in the same burst; nothing is taken before that
+    /// wait, so dropping this future loses no frame.
+    pub(crate) async fn next_batch(
+        &self,
+        max: usize,
+        linger_below: usize,
+        batch: &mut VecDeque<Utf8Bytes>,
+    ) -> bool {
+        let mut lingered = false;
         loop {
+            if !lingered && (1..linger_below).contains(&crate::lock(&self.queue).frames.len()) {
+                lingered = true;
+                tokio::task::yield_now().await;
+            }
             let ping = self.ping.swap(false, Ordering::AcqRel);
             self.take_into(max, batch);
             if ping || !batch.is_empty() {
@@ -142,21 +155,20 @@ impl Outbox {
         batch
     }
 
-    /// Moves queued frames, oldest first, to the end of `batch` until it holds `max` (into an
-    /// empty `batch` that all of them fit, by swapping the buffers) and wakes waiting senders.
-    pub(crate) fn take_into(&self, max: usize, batch: &mut VecDeque<Utf8Bytes>) {
+    /// Moves up to `max` queued frames into the empty `batch` (all of them, by swapping the
+    /// buffers, when they fit) and wakes waiting senders.
+    fn take_into(&self, max: usize, batch: &mut VecDeque<Utf8Bytes>) {
         {
             let mut queue = crate::lock(&self.queue);
-            let count = queue.frames.len().min(max.saturating_sub(batch.len()));
-            if count == 0 {
+            if queue.frames.is_empty() {
                 return;
             }
-            if batch.is_empty() && count == queue.frames.len() {
+            if queue.frames.len() <= max {
                 std::mem::swap(&mut queue.frames, batch);
                 queue.bytes = 0;
             } else {
-                queue.bytes -= queue.frames.iter().take(count).map(|frame| frame.len()).sum::<usize>();
-                batch.extend(queue.frames.drain(..count));
+                batch.extend(queue.frames.drain(..max));
+                queue.bytes -= batch.iter().map(|frame| frame.len()).sum::<usize>();
             }
         }
         if self.waiting.load(Ordering::Acquire) > 0 {
@@ -280,11 +292,11 @@ mod tests {
         outbox.close(close::NORMAL);
         assert_eq!(outbox.close_requested(), Some(close::SLOW_CONSUMER), "first close wins");
         let mut frames = VecDeque::new();
-        assert!(!outbox.next_batch(1, &mut frames).await);
+        assert!(!outbox.next_batch(1, 0, &mut frames).await);
         assert_eq!(frames, ["a"]);
         frames.clear();
         outbox.ping();
-        assert!(outbox.next_batch(8, &mut frames).await, "a ping, then what is queued");
+        assert!(outbox.next_batch(8, 0, &mut frames).await, "a ping, then what is queued");
         assert_eq!(frames, ["b"]);
     }
 
@@ -295,7 +307,7 @@ mod tests {
             let outbox = outbox.clone();
             async move {
                 let mut frames = VecDeque::new();
-                outbox.next_batch(2, &mut frames).await;
+                outbox.next_batch(2, 0, &mut frames).await;
                 frames
             }
         });
@@ -311,19 +323,25 @@ mod tests {
         assert_eq!(all, ["a", "b", "c", "d"], "in order, once");
     }
 
-    #[test]
-    fn a_batch_is_topped_up_to_its_bound_and_frees_the_bytes_taken() {
-        let outbox = Outbox::new(100, 10);
-        let mut batch = VecDeque::from([Utf8Bytes::from_static("a")]);
-        for frame in ["bb", "cc", "dd"] {
-            assert!(outbox.push(Utf8Bytes::from_static(frame)));
+    #[tokio::test]
+    async fn a_small_burst_waits_for_the_other_tasks_once_before_it_is_taken() {
+        let outbox = Arc::new(Outbox::new(100, 1024));
+        let writer = |linger_below| {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                let mut frames = VecDeque::new();
+                outbox.next_batch(usize::MAX, linger_below, &mut frames).await;
+                frames
+            })
+        };
+        for (linger_below, expected) in [(0, &["a"][..]), (32, &["a", "b"][..])] {
+            let taking = writer(linger_below);
+            assert!(outbox.push(Utf8Bytes::from_static("a")));
+            tokio::task::yield_now().await;
+            assert!(outbox.push(Utf8Bytes::from_static("b")));
+            assert_eq!(taking.await.unwrap(), expected, "lingering below {linger_below}");
+            outbox.take(8);
         }
-        outbox.take_into(3, &mut batch);
-        assert_eq!(batch, ["a", "bb", "cc"], "appended, oldest first, up to the bound");
-        assert!(outbox.push(Utf8Bytes::from_static("12345678")), "2 + 8 bytes fit in 10");
-        outbox.take_into(3, &mut batch);
-        assert_eq!(batch.len(), 3, "a full batch takes nothing");
-        assert_eq!(outbox.take(8), ["dd", "12345678"]);
     }
 
     #[test]

@@ -243,7 +243,7 @@ pub(super) async fn run(gateway: Arc<Gateway>) {
                     tracing::warn!("control messages came faster than they were handled; rejoining");
                     break;
                 }
-                _ = outbox.next_batch(QUEUE, &mut frames) => {
+                _ = outbox.next_batch(QUEUE, 0, &mut frames) => {
                     for frame in frames.drain(..) {
                         gateway.received(&frame);
                     }

@@ -257,7 +257,7 @@ impl Writer {
                 event(&mut chunk, "close", None, &data);
                 Some(Bytes::from(chunk))
             }
-            _ = outbox.next_batch(MAX_BATCH, &mut self.batch) => {
+            _ = outbox.next_batch(MAX_BATCH, 0, &mut self.batch) => {
                 let mut chunk = String::new();
                 for frame in self.batch.drain(..) {
                     let (kind, id) = describe(&mut self.positions, &frame);

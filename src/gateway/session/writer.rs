@@ -1,11 +1,14 @@
 //! The sending half of a session: drains the outbox into the socket.
 //!
-//! Frames already queued are written together and flushed once (one syscall for a burst); a
-//! small burst lingers one scheduling round first, to go out with what follows it. A
-//! close request wins over a write in progress: a slow consumer is closed with 4008 at once
-//! (its queue dropped), even in the middle of a write the client is not reading. A write that
-//! makes no progress for `write_timeout` (the client stopped reading and its socket buffers are
-//! full) ends the session as a slow consumer too.
+//! Each burst takes every frame queued; they are written together and flushed once. A small burst
+//! lingers one scheduling round first, to go out with what follows it. Taking the whole queue
+//! empties it at once: a client whose writer waits on a full socket has a whole `outbound_queue` of
+//! room for what comes meanwhile before it is closed as a slow consumer, as the ceiling has
+//! (BENCHMARKS.md); a large burst does not hold a worker, since the socket's writes yield whenever
+//! tokio's budget for one poll runs out. A close request wins over a write in progress: a slow
+//! consumer is closed with 4008 at once (its queue dropped), even in the middle of a write the
+//! client is not reading. A write that makes no progress for `write_timeout` (the client stopped
+//! reading and its socket buffers are full) ends the session as a slow consumer too.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,8 +23,6 @@ use futures_util::stream::SplitSink;
 use crate::outbox::Outbox;
 use crate::protocol::close;
 
-/// Frames coalesced into one flush at most, so one busy client cannot hog a worker thread.
-const MAX_BATCH: usize = 64;
 /// A writer woken for fewer frames than this lets the other ready tasks run once before it
 /// writes, and then takes what arrived meanwhile too. When a fan-out wakes many writers one
 /// message at a time (single-message POSTs, each its own Redis message), a writer that wrote at
@@ -29,12 +30,12 @@ const MAX_BATCH: usize = 64;
 /// scheduling round lets the delivering task queue the next messages first. An idle runtime
 /// gets back to the writer at once, so the wait is as long as the load makes it. It took the
 /// frames per write from 12.7 to 16.6 under HTTP-published fan-out (BENCHMARKS.md).
-const LINGER_BELOW: usize = MAX_BATCH / 2;
+const LINGER_BELOW: usize = 32;
 /// The burst buffers a writer keeps for the next burst, by capacity in frames: a busy client
 /// reuses one instead of growing a new queue every burst, while a client that gets a frame now
 /// and then (or once had a backlog) holds none between bursts. Keeping even the small buffers
 /// of the welcome and the first reply cost every idle connection 0.3 KiB.
-const SPARE_FRAMES: std::ops::RangeInclusive<usize> = 16..=MAX_BATCH;
+const SPARE_FRAMES: std::ops::RangeInclusive<usize> = 16..=64;
 /// How long sending the close frame may take before the connection is simply dropped.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -54,14 +55,8 @@ pub(super) async fn run(mut sink: Sink, outbox: Arc<Outbox>, write_timeout: Dura
         let ping = tokio::select! {
             biased;
             code = &mut closing => return send_close(&mut sink, &outbox, code).await,
-            ping = outbox.next_batch(MAX_BATCH, &mut batch) => ping,
+            ping = outbox.next_batch(usize::MAX, LINGER_BELOW, &mut batch) => ping,
         };
-        if batch.len() < LINGER_BELOW {
-            // Outside the `select!`: a close asked for meanwhile waits for this write, and the
-            // frames taken are not dropped with the future.
-            tokio::task::yield_now().await;
-            outbox.take_into(MAX_BATCH, &mut batch);
-        }
         let written = write_batch(&mut sink, ping, &mut batch);
         // Most writes finish at once (the socket has room), and arming the write timeout's timer
         // for each cost a twentieth of the fan-out: it is armed only for a write that waits.
