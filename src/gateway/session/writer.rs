@@ -24,12 +24,12 @@ use crate::outbox::Outbox;
 use crate::protocol::close;
 
 /// A writer woken for fewer frames than this lets the other ready tasks run once before it
-/// writes, and then takes what arrived meanwhile too. When a fan-out wakes many writers one
-/// message at a time (single-message POSTs, each its own Redis message), a writer that wrote at
-/// once would go out with one or two frames and be woken again for the next; lingering a
-/// scheduling round lets the delivering task queue the next messages first. An idle runtime
-/// gets back to the writer at once, so the wait is as long as the load makes it. It took the
-/// frames per write from 12.7 to 16.6 under HTTP-published fan-out (BENCHMARKS.md).
+/// takes them, so what arrives meanwhile goes out in the same burst. When a fan-out wakes many
+/// writers one message at a time (single-message POSTs, each its own Redis message), a writer
+/// that wrote at once would go out with one or two frames and be woken again for the next;
+/// lingering a scheduling round lets the delivering task queue the next messages first. An idle
+/// runtime gets back to the writer at once, so the wait is as long as the load makes it. It
+/// took the frames per write from 12.7 to 16.6 under HTTP-published fan-out (BENCHMARKS.md).
 const LINGER_BELOW: usize = 32;
 /// The burst buffers a writer keeps for the next burst, by capacity in frames: a busy client
 /// reuses one instead of growing a new queue every burst, while a client that gets a frame now
