@@ -96,14 +96,15 @@ pub async fn serve(args: ServeArgs<'_>) -> anyhow::Result<()> {
     accept(listener, app).await
 }
 
-/// Serves `app` on every connection, HTTP/1 only and without delay on small writes, as a
-/// gateway does (`axum::serve` also sniffs for HTTP/2, a cost per connection Herald does not
-/// pay).
+/// Serves `app` on every connection with hyper's HTTP/1 connection and without delay on small
+/// writes, as a gateway does (`axum::serve`, and hyper-util's automatic builder even when told
+/// HTTP/1 only, first read each connection's opening bytes to look for HTTP/2, a cost per
+/// connection Herald does not pay).
 async fn accept(listener: tokio::net::TcpListener, app: Router) -> anyhow::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::TokioIo;
     use tower::ServiceExt;
 
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    let builder = hyper::server::conn::http1::Builder::new();
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
@@ -111,7 +112,7 @@ async fn accept(listener: tokio::net::TcpListener, app: Router) -> anyhow::Resul
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             app.clone().oneshot(request)
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
         tokio::spawn(async move {
             let _ = connection.await;
         });

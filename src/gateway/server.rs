@@ -2,24 +2,28 @@
 //!
 //! The accept loop is hyper's own rather than `axum::serve`, for one setting axum does not
 //! expose: a header read timeout (`handshake_timeout`), so a client that opens a connection and
-//! never finishes its request (slowloris) is dropped instead of holding a socket forever.
+//! never finishes its request (slowloris) is dropped instead of holding a socket forever. It
+//! serves HTTP/1 only, with hyper's HTTP/1 connection itself: the gateway serves no HTTP/2, and
+//! a server that could would first read every connection's opening bytes to tell which it is.
 //!
 //! On shutdown the instance at once reports `/readyz` 503 and refuses new WebSockets (503),
 //! then closes its clients with 1012 one after another, spread evenly over `drain_period`, so
 //! they reconnect to the other instances without a thundering herd. The broker keeps
 //! delivering meanwhile; the listener closes and the broker stops once the last session is gone.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::server::conn::http1;
+use hyper::service::HttpService;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::{Gateway, control, presence, router};
@@ -31,15 +35,17 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> std::io::Res
     tokio::spawn(presence::heartbeat(gateway.clone()));
     tokio::spawn(control::run(gateway.clone()));
     let stop_accepting = CancellationToken::new();
-    let accepting = tokio::spawn(accept(listener, gateway.clone(), stop_accepting.clone()));
+    let connections = Connections::default();
+    let accepting =
+        tokio::spawn(accept(listener, gateway.clone(), connections.clone(), stop_accepting.clone()));
     gateway.shutdown.cancelled().await;
     // Health checks and new WebSockets get 503 from now on; HTTP is still served.
     gateway.draining.store(true, Ordering::Release);
     drain(&gateway).await;
     stop_accepting.cancel();
-    let graceful = accepting.await.map_err(std::io::Error::other)?;
+    accepting.await.map_err(std::io::Error::other)?;
     // Keep-alive HTTP connections finish their requests; upgraded sockets are sessions.
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), connections.shut_down()).await;
     gateway.sessions.close();
     gateway.sessions.wait().await;
     if let Some(webhooks) = &gateway.webhooks {
@@ -50,17 +56,63 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> std::io::Res
     Ok(())
 }
 
-/// Accepts connections until `stop`, each served by hyper with the gateway's router; returns
-/// the watcher of the connections still open.
-async fn accept(listener: TcpListener, gateway: Arc<Gateway>, stop: CancellationToken) -> GracefulShutdown {
+/// The HTTP connections being served, told together to finish once the listener closes.
+#[derive(Clone, Default)]
+struct Connections {
+    tasks: TaskTracker,
+    finish: CancellationToken,
+}
+
+impl Connections {
+    /// Serves `connection` until it ends; once [`Connections::shut_down`] is called, it finishes
+    /// the request in flight and closes (a connection that upgraded has already ended here).
+    fn watch<I, S, B>(&self, connection: http1::UpgradeableConnection<I, S>, peer: SocketAddr)
+    where
+        S: HttpService<Incoming, ResBody = B>,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        I: hyper::rt::Read + hyper::rt::Write + Unpin,
+        B: hyper::body::Body + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        http1::UpgradeableConnection<I, S>: Future<Output = hyper::Result<()>> + Send + 'static,
+    {
+        let finish = self.finish.clone();
+        self.tasks.spawn(async move {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = finish.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+
+    /// Tells every connection to finish, and waits until they all have.
+    async fn shut_down(&self) {
+        self.tasks.close();
+        self.finish.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+/// Accepts connections until `stop`, each served by hyper with the gateway's router and
+/// watched by `connections`.
+async fn accept(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    connections: Connections,
+    stop: CancellationToken,
+) {
     let app = router(gateway.clone());
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(gateway.config.handshake_timeout);
-    let builder = builder.http1_only();
-    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(gateway.config.handshake_timeout);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return graceful,
+            _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -77,13 +129,7 @@ async fn accept(listener: TcpListener, gateway: Arc<Gateway>, stop: Cancellation
             request.extensions_mut().insert(ConnectInfo(peer));
             app.clone().oneshot(request)
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-        });
+        connections.watch(builder.serve_connection(TokioIo::new(stream), service).with_upgrades(), peer);
     }
 }
 

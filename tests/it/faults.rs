@@ -85,6 +85,29 @@ async fn a_slow_consumer_is_closed_with_4008_while_a_fast_one_gets_everything() 
 }
 
 #[tokio::test]
+async fn a_stopping_gateway_closes_its_idle_keep_alive_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stopping = config(None, "gw-keep-alive");
+    stopping.drain_period = Duration::from_millis(100);
+    // Longer than the wait below: only the stop can close the idle connection in time.
+    stopping.handshake_timeout = Duration::from_secs(600);
+    let node = Node::ready(stopping).await;
+    let mut keep_alive = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    keep_alive
+        .write_all(format!("GET /healthz HTTP/1.1\r\nhost: {}\r\n\r\n", node.addr).as_bytes())
+        .await
+        .unwrap();
+    let mut answer = vec![0; 4096];
+    let read = keep_alive.read(&mut answer).await.unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer[..read]));
+
+    node.stop().await;
+    let closed = tokio::time::timeout(Duration::from_secs(30), keep_alive.read(&mut answer)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "the idle connection is closed: {closed:?}");
+}
+
+#[tokio::test]
 async fn a_stopping_gateway_drains_its_clients_over_the_drain_period_to_another_instance() {
     let redis = Redis::start().await;
     let mut draining = config(Some(&redis), "gw-a");
