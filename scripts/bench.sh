@@ -44,9 +44,9 @@ for run in $(seq "$runs"); do
   "$load" --baseline --url "ws://127.0.0.1:$p1/ws" --redis-url "$redis_url" --clients 1000 --size 100 \
     --publish http --http-connections 16 --rate 1000,2000,3000,5000 --duration 5s --pid "$g1" \
     --json >"$out/fanout-http-$run.json"
-  echo "== run $run: new sessions per second (handshake + subscribe), 8000 clients"
+  echo "== run $run: new sessions per second (handshake + subscribe), 8000 clients, median of 5 rounds"
   "$load" --baseline --url "ws://127.0.0.1:$p1/ws" --redis-url "$redis_url" --clients 8000 --sources 8 \
-    --rate 0 --duration 0s --json >"$out/connect-$run.json"
+    --rate 0 --duration 0s --connect-rounds 5 --json >"$out/connect-$run.json"
 done
 kill "$g1"
 

@@ -40,6 +40,8 @@ const SHARDS: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time given to deliveries still in flight when a step's publishing ends.
 const SETTLE: Duration = Duration::from_secs(1);
+/// Time the server is given to let the clients of a connect round go before the next.
+const ROUND_PAUSE: Duration = Duration::from_secs(1);
 
 struct Shard {
     latency_us: Histogram<u64>,
@@ -139,8 +141,8 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> 
     };
     let resident = || (!pids.is_empty()).then(|| pids.iter().filter_map(|p| rss_kib(*p)).sum::<u64>());
     let rss_before = resident();
-    let (mut clients, connected, connect_rate) =
-        connect_all(args, &urls, matches!(target, Target::Herald), &stats).await;
+    let (mut clients, connected, connect_rates) =
+        connect_rounds(args, &urls, matches!(target, Target::Herald), &stats).await;
     let rss_kib = resident();
     let mut publisher = Publisher::new(args, &urls[0]).await?;
     let mut steps = Vec::new();
@@ -190,7 +192,8 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> 
         target: name.into(),
         clients: args.clients,
         connected,
-        connect_rate,
+        connect_rate: median(&connect_rates),
+        connect_rates,
         steps,
         rss_kib,
         rss_kib_per_connection: rss_kib
@@ -198,6 +201,35 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> 
             .map(|(after, before)| after.saturating_sub(before) as f64 / connected.max(1) as f64),
         errors: stats.errors.load(Ordering::Relaxed),
     })
+}
+
+/// Opens every client `--connect-rounds` times, closing them between rounds (and pausing for
+/// the server to let them go); returns the last round's clients, how many connected, and each
+/// round's sessions per second.
+async fn connect_rounds(
+    args: &BenchArgs,
+    urls: &[String],
+    herald: bool,
+    stats: &Arc<Stats>,
+) -> (JoinSet<()>, usize, Vec<f64>) {
+    let mut rates = Vec::new();
+    loop {
+        let (mut clients, connected, rate) = connect_all(args, urls, herald, stats).await;
+        rates.push(rate);
+        if rates.len() >= args.connect_rounds {
+            return (clients, connected, rates);
+        }
+        clients.abort_all();
+        while clients.join_next().await.is_some() {}
+        tokio::time::sleep(ROUND_PAUSE).await;
+    }
+}
+
+/// The middle value (the upper one of an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }
 
 /// Opens every client, `connect_concurrency` handshakes at a time; returns the reading tasks,

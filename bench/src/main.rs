@@ -74,6 +74,10 @@ struct BenchArgs {
     /// Handshakes in flight at once while connecting.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
+    /// Open every client this many times (closing them between rounds) and report the median
+    /// round's sessions per second; the last round's clients stay for the load.
+    #[arg(long, default_value_t = 1)]
+    connect_rounds: usize,
     /// First run the same load against the baseline server (a process of its own): the ceiling.
     #[arg(long)]
     baseline: bool,

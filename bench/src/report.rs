@@ -8,8 +8,11 @@ pub struct RunReport {
     pub target: String,
     pub clients: usize,
     pub connected: usize,
-    /// New sessions per second (handshake, plus subscribe for Herald) while connecting.
+    /// New sessions per second (handshake, plus subscribe for Herald) while connecting: the
+    /// median of `connect_rates`.
     pub connect_rate: f64,
+    /// Each connect round's sessions per second (`--connect-rounds`).
+    pub connect_rates: Vec<f64>,
     pub steps: Vec<StepReport>,
     /// Resident memory of the measured processes after connecting, KiB (with `--pid`).
     pub rss_kib: Option<u64>,
@@ -49,11 +52,17 @@ pub fn print(reports: &[RunReport], json: bool) {
     }
     for r in reports {
         println!(
-            "{}: {}/{} clients connected, {:.0} sessions/s{}{}",
+            "{}: {}/{} clients connected, {:.0} sessions/s{}{}{}",
             r.target,
             r.connected,
             r.clients,
             r.connect_rate,
+            if r.connect_rates.len() > 1 {
+                let rounds: Vec<String> = r.connect_rates.iter().map(|rate| format!("{rate:.0}")).collect();
+                format!(" (median of {})", rounds.join(", "))
+            } else {
+                String::new()
+            },
             r.rss_kib.zip(r.rss_kib_per_connection).map_or(String::new(), |(kib, per)| format!(
                 ", {kib} KiB resident ({per:.2} KiB added per connection)"
             )),
