@@ -26,10 +26,11 @@ use tokio::time::Instant;
 
 use super::Session;
 use crate::auth::{AuthError, Identity};
+use crate::config::AuthMode;
 use crate::group::GroupName;
 use crate::hooks::webhooks::Change;
 use crate::hooks::{ConnectRequest, HookError};
-use crate::protocol::close;
+use crate::protocol::{self, ErrorCode, Incoming, Request, RequestError, close};
 
 /// What the handshake tells about a client: the token on its URL, and what the connect hook is
 /// to see.
@@ -53,8 +54,6 @@ impl From<AuthError> for Refused {
         Self { code: close::UNAUTHORIZED, reason: e.to_string() }
     }
 }
-use crate::config::AuthMode;
-use crate::protocol::{self, ErrorCode, Incoming, Request, RequestError};
 
 impl Session {
     /// Settles who the client is before it may do anything, and welcomes it: the connect hook
