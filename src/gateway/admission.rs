@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use wildmatch::WildMatch;
 
 use super::Gateway;
+use super::cork::Cork;
 use super::error::ApiError;
 use crate::config::{AuthMode, Config};
 use crate::group::GroupName;
@@ -129,6 +130,8 @@ pub(super) struct Admitted {
     /// route joins it to.
     pub(super) since: HashMap<GroupName, Since>,
     pub(super) slot: Slot,
+    /// The connection's cork, to send the `101` with the welcome.
+    pub(super) cork: Option<Arc<Cork>>,
 }
 
 /// The token and `since` positions of a WebSocket URL's query.
@@ -178,7 +181,8 @@ impl FromRequestParts<Arc<Gateway>> for Admitted {
         };
         gateway.admission.reserve(peer.ip())?;
         let slot = Slot { gateway: gateway.clone(), ip: peer.ip() };
-        Ok(Self { peer, token, path: parts.uri.path().to_string(), headers, since, slot })
+        let cork = parts.extensions.get::<Arc<Cork>>().cloned();
+        Ok(Self { peer, token, path: parts.uri.path().to_string(), headers, since, slot, cork })
     }
 }
 

@@ -8,6 +8,7 @@
 mod admission;
 mod api;
 mod control;
+mod cork;
 mod demo;
 mod error;
 mod intake;

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::cork::CorkedStream;
 use super::{Gateway, control, presence, router};
 use crate::protocol::close;
 
@@ -124,9 +125,11 @@ async fn accept(
             },
         };
         let _ = stream.set_nodelay(true);
+        let (stream, cork) = CorkedStream::new(stream);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(cork.clone());
             app.clone().oneshot(request)
         });
         connections.watch(builder.serve_connection(TokioIo::new(stream), service).with_upgrades(), peer);

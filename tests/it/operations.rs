@@ -1,4 +1,5 @@
-//! Operations: Prometheus metrics, the cluster view of /api/info, JSON logs.
+//! Operations: Prometheus metrics, the cluster view of /api/info, JSON logs, what goes on the
+//! wire when a session starts.
 
 use std::time::Duration;
 
@@ -83,4 +84,24 @@ async fn logs_are_json_lines_with_a_span_per_connection() {
     let session = lines.iter().find(|l| l["fields"]["message"] == "connected").expect("a connected line");
     assert_eq!(session["span"]["name"], "session");
     assert!(session["span"]["client"].as_str().unwrap().starts_with("logger-"));
+}
+
+#[tokio::test]
+async fn a_new_session_sends_its_101_and_its_welcome_in_one_packet() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let node = Node::ready(config(None, "gw-one-packet")).await;
+    let mut socket = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nhost: {}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        node.addr
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    // Read as soon as anything arrives: sent apart, the 101 would come alone.
+    let mut first = vec![0; 4096];
+    let read = socket.read(&mut first).await.unwrap();
+    let first = String::from_utf8_lossy(&first[..read]);
+    assert!(first.starts_with("HTTP/1.1 101"), "{first}");
+    assert!(first.contains(r#"{"type":"welcome""#), "the welcome came with the 101: {first:?}");
 }

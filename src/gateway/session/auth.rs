@@ -55,6 +55,16 @@ impl From<AuthError> for Refused {
     }
 }
 
+/// Whether a session's welcome is written as soon as it starts: no connect hook to ask, no
+/// `auth` frame to wait for (or a refusal, written as soon).
+pub(super) fn welcome_at_once(mode: AuthMode, token_on_url: bool) -> bool {
+    match mode {
+        AuthMode::Off | AuthMode::Optional => true,
+        AuthMode::Required => token_on_url,
+        AuthMode::Proxy => false,
+    }
+}
+
 impl Session {
     /// Settles who the client is before it may do anything, and welcomes it: the connect hook
     /// or a token in the URL before the welcome, an `auth` frame after it. Returns the groups

@@ -77,6 +77,11 @@ pub(super) fn upgrade(
     grants: Grants,
 ) -> Response {
     let max = gateway.config.max_frame_bytes;
+    if auth::welcome_at_once(gateway.config.auth_mode(), admitted.token.is_some())
+        && let Some(cork) = &admitted.cork
+    {
+        cork.ask();
+    }
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
@@ -118,13 +123,13 @@ fn run(
     admitted: Admitted,
     mut grants: Grants,
 ) -> impl Future<Output = ()> {
-    let Admitted { peer, token, path, headers, since, slot } = admitted;
+    let Admitted { peer, token, path, headers, since, slot, cork } = admitted;
     grants.since = since;
     let handshake = auth::Handshake { peer, path, headers, token, transport: "websocket" };
     let mut session = Session::open(gateway, grants);
     let span = tracing::info_span!("session", client = %session.info.client, %peer);
     let (sink, mut stream) = socket.split();
-    let writer = writer::run(sink, session.outbox.clone(), session.gateway.config.write_timeout);
+    let writer = writer::run(sink, session.outbox.clone(), session.gateway.config.write_timeout, cork);
     let writer = tokio::spawn(writer.instrument(span.clone()));
     // Everything but the read loop runs boxed: a session's task is as large as its largest
     // state, and the hooks', egress' and recovery's futures would make every idle connection

@@ -61,7 +61,7 @@ pub(in crate::gateway) async fn stream(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(ErrorCode::BadRequest, e.body_text()))?;
     let groups = parse_groups(&query.groups, gateway.config.max_groups_per_client)?;
-    let Admitted { peer, token, path, headers: forwarded, mut since, slot } = admitted;
+    let Admitted { peer, token, path, headers: forwarded, mut since, slot, cork: _ } = admitted;
     since.extend(last_event_id(&headers)?);
     let grants = Grants { subscribe: groups, since, ..Grants::default() };
     let mut session = Session::open(gateway, grants);

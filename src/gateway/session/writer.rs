@@ -20,6 +20,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 
+use crate::gateway::cork::Cork;
 use crate::outbox::Outbox;
 use crate::protocol::close;
 
@@ -42,8 +43,17 @@ const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 type Sink = SplitSink<WebSocket, Message>;
 
 /// Drains the outbox into `sink`, pinging the client when the session asks, until a close is
-/// asked for (then sends it), the socket fails, or a write stalls for `write_timeout`.
-pub(super) async fn run(mut sink: Sink, outbox: Arc<Outbox>, write_timeout: Duration) {
+/// asked for (then sends it), the socket fails, or a write stalls for `write_timeout`. The
+/// connection's `cork`, released here, lets the `101` go with the first write (the welcome).
+pub(super) async fn run(
+    mut sink: Sink,
+    outbox: Arc<Outbox>,
+    write_timeout: Duration,
+    cork: Option<Arc<Cork>>,
+) {
+    if let Some(cork) = cork {
+        cork.release();
+    }
     // Registered once: every frame wakes this loop, and re-arming the wait each time cost
     // a measurable share of fan-out.
     let closing = outbox.closing();
