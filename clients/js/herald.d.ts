@@ -61,7 +61,7 @@ export interface HeraldEventMap {
   leave: CustomEvent<{ type: "leave"; group: string; client: ClientInfo }>;
   /** Something missed in a group could not be recovered: reload that group's state. */
   recovered: CustomEvent<{ group: string; recovered: false }>;
-  /** The backend put this connection in a group (the connect hook, the control API). */
+  /** The URL's route or the backend (the connect hook, the control API) put this connection in a group. */
   subscribed: CustomEvent<{ group: string }>;
   /** The server took the client out of a group (its rights narrowed, or the backend did). */
   unsubscribed: CustomEvent<{ group: string; reason: string }>;

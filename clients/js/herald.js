@@ -203,8 +203,10 @@ export class HeraldClient extends Emitter {
         if (!msg.recovered) this._emit("recovered", { group: msg.group, recovered: false });
         break;
       case "subscribed":
-        // The backend put this connection in a group (connect hook, control API): for this
-        // connection only, a reconnect does not join it again.
+        // The URL's route or the backend (connect hook, control API) put this connection in a
+        // group. A reconnect joins the route's groups again, recovering from here where they
+        // keep history; the backend's are for this connection only.
+        if ("offset" in msg) this._advance(msg.group, { offset: msg.offset, epoch: msg.epoch });
         this._emit("subscribed", { group: msg.group });
         break;
       case "unsubscribed":

@@ -144,6 +144,7 @@ async fn the_connect_hook_admits_refuses_or_cannot_answer() {
     assert_eq!(welcome["type"], "welcome");
     // Put in her own group by the backend, then joined to the route's room.
     assert_eq!(ann.recv().await, json!({"type": "subscribed", "group": "user.ann"}));
+    assert_eq!(ann.recv().await, json!({"type": "subscribed", "group": "chat.lobby"}));
     let (cookie, request) = backend.calls("connect").pop().unwrap();
     assert_eq!(cookie.as_deref(), Some("session=ann"), "the listed headers are forwarded");
     assert_eq!(request["client"], welcome["client"]);

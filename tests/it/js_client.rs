@@ -102,6 +102,50 @@ async fn the_readme_usage_works_and_requests_wait_across_a_reconnect() {
 }
 
 #[tokio::test]
+async fn a_route_client_recovers_what_it_missed_even_before_its_first_message() {
+    let redis = Redis::start().await;
+    let route = "[[routes]]\npath = \"/ws/chat/{room}\"\nsubscribe = [\"chat.{room}\"]\n";
+    let toml = format!("{}{route}", gateway_toml(&redis));
+    let mut gateway = GatewayProcess::start(&toml).await;
+    let addr = gateway.addr;
+    let driver = Chromedriver::start().await;
+    let profile = std::env::temp_dir().join(format!("herald-js-route-{}", std::process::id()));
+    let page = driver.browser(&profile).await;
+    page.goto(&format!("http://{addr}/healthz")).await.unwrap();
+
+    // Joined by the route: its `subscribed` frame is where the client stands in the group.
+    let joined = run(
+        &page,
+        r#"
+        const { HeraldClient } = await import("/herald.js");
+        const herald = new HeraldClient("ws://" + location.host + "/ws/chat/lobby", { minDelay: 100, maxDelay: 400 });
+        window.herald = herald;
+        window.got = [];
+        herald.addEventListener("message", (e) => window.got.push(e.detail.data.text));
+        const joined = new Promise((resolve) => herald.addEventListener("subscribed", (e) => resolve(e.detail.group)));
+        herald.connect();
+        return await joined;
+        "#,
+    )
+    .await;
+    assert_eq!(joined, json!("chat.lobby"));
+
+    gateway.process.kill();
+    eventually("the client notices", || async {
+        page.execute("return herald.state", vec![]).await.unwrap() == json!("reconnecting")
+    })
+    .await;
+    // Published through another gateway while this client is away, before it got any message.
+    let other = GatewayProcess::start(&toml.replace("gw-js", "gw-js-2")).await;
+    let body = json!({"group": "chat.lobby", "data": {"text": "while away"}}).to_string();
+    assert_eq!(crate::harness::http(other.addr, "POST", "/api/publish", &[], &body).await.0, 200);
+    let _gateway = GatewayProcess::start_at(addr, &toml, &[]).await;
+    eventually("recovered on reconnect", || async { received(&page).await == ["while away"] }).await;
+    let _ = page.close().await;
+    let _ = std::fs::remove_dir_all(&profile);
+}
+
+#[tokio::test]
 async fn the_standalone_demo_shows_who_is_here_by_name() {
     let port = crate::harness::free_port();
     let _standalone =

@@ -103,6 +103,8 @@ async fn a_route_joined_member_recovers_from_since_on_the_url_or_a_subscribe() {
 
     // A client that asks with `subscribe … since` right after connecting to the route.
     let mut asking = Client::connect(&node.ws_url("/ws/feed/r")).await;
+    let joined = json!({"type": "subscribed", "group": "feed.r", "offset": 10, "epoch": epoch});
+    assert_eq!(asking.recv().await, joined, "a route join says where the group stands");
     let since = json!({"offset": 8, "epoch": epoch});
     let answer = asking.request(json!({"type": "subscribe", "group": "feed.r", "since": since})).await;
     assert_eq!(answer["result"], json!({"recovered": true, "offset": 10, "epoch": epoch}), "{answer}");

@@ -20,10 +20,14 @@ async fn a_route_subscribes_on_connect_and_narrows_publishing_to_its_groups() {
     let node = Node::ready(config).await;
 
     let mut routed = Client::connect(&node.ws_url("/ws/chat/lobby")).await;
+    // Auto-subscribed to both groups of the route, each join announced.
+    for group in ["chat.lobby", "announcements"] {
+        assert_eq!(routed.recv().await, json!({"type": "subscribed", "group": group}));
+    }
     let mut generic = node.client().await;
     generic.subscribe("chat.lobby").await;
 
-    // Auto-subscribed to both groups of the route: the HTTP publishes reach it.
+    // From then on the HTTP publishes reach it.
     node.publish("announcements", json!("welcome")).await;
     node.publish("chat.lobby", json!("hi")).await;
     assert_eq!(routed.message().await, ("announcements".into(), json!("welcome")));

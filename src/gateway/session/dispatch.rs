@@ -100,13 +100,13 @@ impl Session {
     }
 
     /// Subscribes to the groups the connection's route (or SSE stream) names, recovering those
-    /// the URL gives a `since` for; failures are reported as `error` frames without an id and
-    /// the connection stays open.
-    pub(super) async fn join_granted(&mut self, asked: Asked) {
+    /// the URL gives a `since` for; each join is announced (`subscribed` or `recovered`),
+    /// failures are reported as `error` frames without an id and the connection stays open.
+    pub(super) async fn join_granted(&mut self) {
         let mut since = std::mem::take(&mut self.grants.since);
         for group in std::mem::take(&mut self.grants.subscribe) {
             let since = since.remove(&group);
-            if let Err(e) = self.subscribe(asked, group, since).await {
+            if let Err(e) = self.subscribe(Asked::Route, group, since).await {
                 self.send_error(&e).await;
             }
         }

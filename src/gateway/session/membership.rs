@@ -28,13 +28,12 @@ use crate::protocol::{self, ErrorCode, RequestError, Since};
 pub(super) enum Asked {
     /// A `subscribe` request: it gets a reply.
     Client(Option<u64>),
-    /// The connection's route: nobody waits for a reply (errors are still sent, and a route
-    /// join with `since` is answered with a `recovered` frame).
+    /// The groups the connection's URL names (a WebSocket route's, an SSE stream's `groups`):
+    /// checked like a `subscribe`; every join is told with a `subscribed` frame (with the
+    /// position in groups with history) or, when it recovers, a `recovered` frame, so the
+    /// client knows when it is in and where it stands; a refusal is an `error` frame without
+    /// an id.
     Route,
-    /// An SSE stream's `groups`: checked like a route's; every join is told with a `subscribed`
-    /// frame (with the position in groups with history) or, when it recovers, a `recovered`
-    /// frame, so the stream's event ids always say where it stands.
-    Stream,
     /// The backend (its connect hook): trusted, so neither the client's permissions nor the
     /// subscribe hook are asked, but `max_groups_per_client` holds. The client is told with a
     /// `subscribed` frame.
@@ -45,7 +44,7 @@ impl Asked {
     fn id(self) -> Option<u64> {
         match self {
             Asked::Client(id) => id,
-            Asked::Route | Asked::Stream | Asked::Server => None,
+            Asked::Route | Asked::Server => None,
         }
     }
 }
@@ -116,7 +115,7 @@ impl Session {
                 }
             }
             None => match asked {
-                Asked::Server | Asked::Stream => self.send(protocol::subscribed(&group, None)).await,
+                Asked::Server | Asked::Route => self.send(protocol::subscribed(&group, None)).await,
                 _ => self.reply(asked, None).await,
             },
         }
@@ -209,11 +208,10 @@ impl Session {
     }
 
     /// Tells the client where the group stands: in the reply to its `subscribe`, for a route
-    /// join with `since` in a `recovered` frame (a route join without one says nothing), for a
-    /// server-side subscription in its `subscribed` frame.
+    /// join with `since` in a `recovered` frame, otherwise in a `subscribed` frame.
     async fn answer_position(&self, asked: Asked, group: &GroupName, at: &Position, recovered: Option<bool>) {
         match (asked, recovered) {
-            (Asked::Server, _) | (Asked::Stream, None) => {
+            (Asked::Server, _) | (Asked::Route, None) => {
                 self.send(protocol::subscribed(group, Some((at.offset, &at.epoch)))).await;
             }
             (Asked::Client(_), _) => {
@@ -223,10 +221,9 @@ impl Session {
                 }
                 self.reply(asked, Some(&result)).await;
             }
-            (Asked::Route | Asked::Stream, Some(recovered)) => {
+            (Asked::Route, Some(recovered)) => {
                 self.send(protocol::recovered(group, recovered, at.offset, &at.epoch)).await;
             }
-            (Asked::Route, None) => {}
         }
     }
 

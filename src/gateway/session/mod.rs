@@ -141,7 +141,7 @@ fn run(
         match Box::pin(session.authenticate(&mut stream, handshake)).await {
             Ok(assigned) => {
                 Box::pin(session.join_assigned(assigned)).await;
-                Box::pin(session.join_granted(membership::Asked::Route)).await;
+                Box::pin(session.join_granted()).await;
                 session.read(&mut stream).await;
             }
             Err(refused) => session.refuse(refused),

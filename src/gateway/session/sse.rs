@@ -31,7 +31,6 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use tracing::Instrument;
 
-use super::membership::Asked;
 use super::{Grants, Session, auth};
 use crate::config::AuthMode;
 use crate::gateway::Gateway;
@@ -133,7 +132,7 @@ impl Session {
         tracing::debug!("stream opened");
         self.send(crate::protocol::welcome(&self.info.client, self.gateway.node_id())).await;
         Box::pin(self.join_assigned(assigned)).await;
-        Box::pin(self.join_granted(Asked::Stream)).await;
+        Box::pin(self.join_granted()).await;
         loop {
             let expiry = self.token_expiry();
             let attention = tokio::select! {
