@@ -4,7 +4,7 @@
 # each workload (with the baseline server, the machine's ceiling, in the same run where a ratio
 # is asked for), writes the JSON reports to bench-results/ and draws docs/benchmarks/*.svg from
 # them. BENCH_RUNS (default 3) sets how many runs of each workload; a full run takes about
-# 20 minutes.
+# 25 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin herald --bin herald-bench
@@ -22,12 +22,20 @@ redis_url="redis://127.0.0.1:$redis_port/"
 for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 redis_pid=$(cat "/tmp/herald-bench-redis-$redis_port.pid")
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; }
+# A route that joins its clients to a bench group on connect, as the baseline joins them from
+# its URL: the like-for-like new-sessions workload.
+routes=$(mktemp --suffix .toml)
+printf '[[routes]]\npath = "/ws/bench/{n}"\nsubscribe = ["bench.{n}"]\n' >"$routes"
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+  rm -f "$routes"
+}
 trap cleanup EXIT
 
 gateway() { # name port -> starts a gateway (not in a subshell, so cleanup knows its pid)
   HERALD_AUTH=off HERALD_MAX_CONNECTIONS=20000 HERALD_MAX_CONNECTIONS_PER_IP=20000 RUST_LOG=warn \
-    "$bin" gateway --redis-url "$redis_url" --listen "127.0.0.1:$2" --node-id "$1" >"$out/$1.log" 2>&1 &
+    "$bin" gateway --config "$routes" --redis-url "$redis_url" --listen "127.0.0.1:$2" --node-id "$1" >"$out/$1.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$2/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 }
@@ -44,7 +52,10 @@ for run in $(seq "$runs"); do
   "$load" --baseline --url "ws://127.0.0.1:$p1/ws" --redis-url "$redis_url" --clients 1000 --size 100 \
     --publish http --http-connections 16 --rate 1000,2000,3000,5000 --duration 5s --pid "$g1" \
     --json >"$out/fanout-http-$run.json"
-  echo "== run $run: new sessions per second (handshake + subscribe), 8000 clients, median of 5 rounds"
+  echo "== run $run: new sessions per second, 8000 clients, median of 5 rounds, joined by a route"
+  "$load" --baseline --url "ws://127.0.0.1:$p1/ws/bench/{group}" --redis-url "$redis_url" --clients 8000 \
+    --sources 8 --rate 0 --duration 0s --connect-rounds 5 --json >"$out/connect-route-$run.json"
+  echo "== run $run: the same, each client sending a subscribe (handshake + subscribe)"
   "$load" --baseline --url "ws://127.0.0.1:$p1/ws" --redis-url "$redis_url" --clients 8000 --sources 8 \
     --rate 0 --duration 0s --connect-rounds 5 --json >"$out/connect-$run.json"
 done

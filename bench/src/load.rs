@@ -250,6 +250,11 @@ async fn connect_all(
         // gateways.
         let mut url = urls[i * urls.len() / args.clients].clone();
         let groups = client_groups(args, i);
+        // A `{group}` in the URL is a gateway route that joins the client on connect.
+        let routed = url.contains(ROUTE_GROUP);
+        if routed {
+            url = url.replace(ROUTE_GROUP, &groups[0].to_string());
+        }
         let query = if herald {
             args.token.as_ref().map(|token| format!("token={token}"))
         } else {
@@ -260,12 +265,16 @@ async fn connect_all(
             url = format!("{url}{}{query}", if url.contains('?') { '&' } else { '?' });
         }
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % args.sources as usize) as u8));
-        // The baseline learns a client's groups from the URL; Herald's clients subscribe.
-        let subscribe: Vec<GroupName> =
-            if herald { groups.into_iter().map(bench_group).collect() } else { Vec::new() };
+        // The baseline learns a client's groups from the URL; Herald's clients subscribe, or
+        // wait to be told they were joined by the route.
+        let entry = match (herald, routed) {
+            (false, _) => Entry::Joined,
+            (true, false) => Entry::Subscribe(groups.into_iter().map(bench_group).collect()),
+            (true, true) => Entry::Routed,
+        };
         let (stats, ready) = (stats.clone(), ready_tx.clone());
         clients.spawn(async move {
-            let joined = tokio::time::timeout(CONNECT_TIMEOUT, join(&url, source, &subscribe))
+            let joined = tokio::time::timeout(CONNECT_TIMEOUT, join(&url, source, &entry))
                 .await
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("no session within {CONNECT_TIMEOUT:?}")));
             drop(slot);
@@ -303,8 +312,21 @@ fn client_groups(args: &BenchArgs, i: usize) -> Vec<u64> {
     (0..per_client).map(|j| ((i + j * (groups / per_client)) % groups) as u64).collect()
 }
 
-/// Connects from `source`, subscribes to `groups` and waits for the replies.
-async fn join(url: &str, source: IpAddr, groups: &[GroupName]) -> anyhow::Result<Socket> {
+/// The placeholder in a `--url` path that a client's group number replaces.
+pub const ROUTE_GROUP: &str = "{group}";
+
+/// How a client gets into its groups.
+enum Entry {
+    /// The server put it there from the URL (the baseline): nothing to wait for.
+    Joined,
+    /// It sends a `subscribe` for each and waits for the replies.
+    Subscribe(Vec<GroupName>),
+    /// A gateway route joins it on connect: it waits for the `subscribed` frame.
+    Routed,
+}
+
+/// Connects from `source` and gets into its groups the `entry` way.
+async fn join(url: &str, source: IpAddr, entry: &Entry) -> anyhow::Result<Socket> {
     let request = url.into_client_request()?;
     let authority = request.uri().authority().context("url without host")?.as_str().to_string();
     let addr: SocketAddr = tokio::net::lookup_host(&authority).await?.next().context("unresolved host")?;
@@ -320,23 +342,27 @@ async fn join(url: &str, source: IpAddr, groups: &[GroupName]) -> anyhow::Result
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config))
             .await?;
-    if groups.is_empty() {
-        return Ok(ws);
-    }
-    // Sent without waiting for the welcome, as the protocol allows: the session answers them
-    // right after the welcome, and the frames often share one packet.
-    for (id, group) in (1..).zip(groups) {
-        ws.feed(Message::text(ClientFrame::Subscribe { group, id: Some(id) }.encode())).await?;
-    }
-    ws.flush().await?;
-    let mut replies = 0;
-    while replies < groups.len() {
-        let frame = ws.next().await.context("closed while subscribing")??;
+    let (expected, answer) = match entry {
+        Entry::Joined => return Ok(ws),
+        Entry::Routed => (1, "subscribed"),
+        Entry::Subscribe(groups) => {
+            // Sent without waiting for the welcome, as the protocol allows: the session
+            // answers them right after the welcome, and the frames often share one packet.
+            for (id, group) in (1..).zip(groups) {
+                ws.feed(Message::text(ClientFrame::Subscribe { group, id: Some(id) }.encode())).await?;
+            }
+            ws.flush().await?;
+            (groups.len(), "reply")
+        }
+    };
+    let mut answers = 0;
+    while answers < expected {
+        let frame = ws.next().await.context("closed while joining")??;
         let Message::Text(text) = frame else { continue };
-        let answer: serde_json::Value = serde_json::from_str(&text).context("a frame that is not JSON")?;
-        match answer["type"].as_str() {
-            Some("reply") => replies += 1,
-            Some("error") => anyhow::bail!("subscribe refused: {text}"),
+        let frame: serde_json::Value = serde_json::from_str(&text).context("a frame that is not JSON")?;
+        match frame["type"].as_str() {
+            Some(kind) if kind == answer => answers += 1,
+            Some("error") => anyhow::bail!("not let into the group: {text}"),
             _ => {}
         }
     }
@@ -425,7 +451,8 @@ impl Publisher {
                 Self::Timer { client: reqwest::Client::new(), url: format!("{}/timer", http_origin(url)) }
             }
             PublishVia::Ws => {
-                let ws = join(url, IpAddr::V4(Ipv4Addr::LOCALHOST), &[]).await?;
+                let url = url.replace(ROUTE_GROUP, "0");
+                let ws = join(&url, IpAddr::V4(Ipv4Addr::LOCALHOST), &Entry::Joined).await?;
                 let (sink, mut stream) = ws.split();
                 // Replies are read and dropped so the gateway never sees a slow publisher.
                 tokio::spawn(async move { while stream.next().await.is_some() {} });

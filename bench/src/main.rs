@@ -2,7 +2,7 @@
 //!
 //! It opens N WebSocket clients (spread over local source addresses 127.0.0.1..N so large
 //! counts do not run out of ephemeral ports), subscribes each to K of G groups over the normal
-//! protocol, publishes at rate R with S-byte payloads (through Redis directly, `POST
+//! protocol (or lets a gateway route join each to its group), publishes at rate R with S-byte payloads (through Redis directly, `POST
 //! /api/publish` one message or a batch at a time, or a client's `publish`) for a duration, and
 //! reports connected clients, connect rate, deliveries per second, publish-to-receive latency
 //! percentiles (an HDR histogram; the publish time travels in the payload), errors and drops,
@@ -23,7 +23,10 @@ use clap::{Parser, ValueEnum};
 #[derive(Parser, Clone, Debug)]
 #[command(name = "herald-bench", version, about = "Load-tests Herald gateways against a baseline server")]
 struct BenchArgs {
-    /// Gateway WebSocket URLs (comma-separated); clients are spread over them.
+    /// Gateway WebSocket URLs (comma-separated); clients are spread over them. A `{group}` in
+    /// a URL is replaced by the client's group number, for a gateway route that joins its
+    /// clients on connect (`path = "/ws/bench/{n}"`, `subscribe = ["bench.{n}"]`): the clients
+    /// then wait for its `subscribed` frame instead of sending `subscribe`.
     #[arg(long, value_delimiter = ',')]
     url: Vec<String>,
     /// WebSocket clients to open.
@@ -154,6 +157,11 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         (1..=args.groups).contains(&args.groups_per_client),
         "groups-per-client must be between 1 and groups"
+    );
+    anyhow::ensure!(
+        args.groups_per_client == 1 || !args.url.iter().any(|url| url.contains(load::ROUTE_GROUP)),
+        "a route joins one group: {} in --url needs --groups-per-client 1",
+        load::ROUTE_GROUP
     );
     let serve = baseline::ServeArgs {
         redis_url: &args.redis_url,

@@ -8,8 +8,8 @@ pub struct RunReport {
     pub target: String,
     pub clients: usize,
     pub connected: usize,
-    /// New sessions per second (handshake, plus subscribe for Herald) while connecting: the
-    /// median of `connect_rates`.
+    /// New sessions per second (the handshake, plus for Herald a `subscribe` and its reply or
+    /// the route's `subscribed`) while connecting: the median of `connect_rates`.
     pub connect_rate: f64,
     /// Each connect round's sessions per second (`--connect-rounds`).
     pub connect_rates: Vec<f64>,

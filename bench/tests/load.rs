@@ -1,10 +1,11 @@
 //! `herald-bench` against a real gateway and its own baseline: every message reaches every
-//! member of its group and is counted, whichever way it is published, one group or many.
+//! member of its group and is counted, whichever way it is published, one group or many, and
+//! whether the clients subscribe or a route joins them.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use herald::config::{Config, NamespaceConfig};
+use herald::config::{Config, NamespaceConfig, RouteConfig};
 use herald::gateway::{self, Gateway};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +69,11 @@ async fn bench_counts_every_delivery_of_the_baseline_and_of_a_gateway_for_each_p
         ..Config::default()
     };
     config.namespaces.insert("bench".into(), NamespaceConfig { client_publish: true, ..Default::default() });
+    config.routes.push(RouteConfig {
+        path: "/ws/bench/{n}".into(),
+        subscribe: vec!["bench.{n}".into()],
+        publish: None,
+    });
     config.validate().unwrap();
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let url = format!("ws://{}/ws", listener.local_addr().unwrap());
@@ -114,6 +120,17 @@ async fn bench_counts_every_delivery_of_the_baseline_and_of_a_gateway_for_each_p
         assert_eq!(step["deliveries"].as_u64().unwrap(), published * 4, "each to its 4 members: {what}");
         assert_eq!(step["dropped_clients"], 0, "{what}");
     }
+    // Clients joined by a route (`{group}` in the URL), 3 groups of 4: each waits for its
+    // `subscribed`, so every message published afterwards reaches it.
+    let routed = url.replace("/ws", "/ws/bench/{group}");
+    let runs = bench(&["--url", &routed, "--redis-url", &redis.url, "--groups", "3"]).await;
+    let run = &runs[0];
+    assert_eq!((run["connected"].as_u64(), run["errors"].as_u64()), (Some(CLIENTS), Some(0)), "{run}");
+    let step = &run["steps"][0];
+    let published = step["published"].as_u64().unwrap();
+    assert!(published >= 30, "about 40 messages in 1 s: {run}");
+    assert_eq!(step["deliveries"].as_u64().unwrap(), published * 4, "each to its 4 members: {run}");
+
     shutdown.cancel();
     serving.await.unwrap().unwrap();
 }
