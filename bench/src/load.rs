@@ -120,15 +120,42 @@ fn publish_time(frame: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
-pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> {
+impl Target {
+    fn urls(&self, args: &BenchArgs) -> Vec<String> {
+        match self {
+            Target::Baseline(server) => vec![format!("ws://{}/ws", server.addr)],
+            Target::Herald => args.url.clone(),
+        }
+    }
+}
+
+/// Takes all but the last of the `--connect-rounds` of the baseline and of Herald in turn, so
+/// that both servers' rounds see the same moments of the machine; returns each one's rates,
+/// for [`run`] to add its last round to.
+pub async fn alternate_rounds(args: &BenchArgs, baseline: &Target) -> (Vec<f64>, Vec<f64>) {
+    let stats = Arc::new(Stats::new());
+    let (mut baseline_rates, mut herald_rates) = (Vec::new(), Vec::new());
+    for _ in 1..args.connect_rounds {
+        for (target, rates) in [(baseline, &mut baseline_rates), (&Target::Herald, &mut herald_rates)] {
+            let herald = matches!(target, Target::Herald);
+            let (mut clients, _, rate) = connect_all(args, &target.urls(args), herald, &stats).await;
+            rates.push(rate);
+            clients.abort_all();
+            while clients.join_next().await.is_some() {}
+            tokio::time::sleep(ROUND_PAUSE).await;
+        }
+    }
+    (baseline_rates, herald_rates)
+}
+
+/// Runs the load against `target`; `rounds` are its connect rounds already taken
+/// ([`alternate_rounds`]).
+pub async fn run(args: &BenchArgs, target: Target, rounds: Vec<f64>) -> anyhow::Result<RunReport> {
     let name = match target {
         Target::Baseline(_) => "baseline",
         Target::Herald => "herald",
     };
-    let urls = match &target {
-        Target::Baseline(server) => vec![format!("ws://{}/ws", server.addr)],
-        Target::Herald => args.url.clone(),
-    };
+    let urls = target.urls(args);
     let stats = Arc::new(Stats::new());
     // `--pid` names the gateways (or their Redis); the baseline is its own process.
     let baseline_pid;
@@ -142,7 +169,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> 
     let resident = || (!pids.is_empty()).then(|| pids.iter().filter_map(|p| rss_kib(*p)).sum::<u64>());
     let rss_before = resident();
     let (mut clients, connected, connect_rates) =
-        connect_rounds(args, &urls, matches!(target, Target::Herald), &stats).await;
+        connect_rounds(args, &urls, matches!(target, Target::Herald), &stats, rounds).await;
     let rss_kib = resident();
     let mut publisher = Publisher::new(args, &urls[0]).await?;
     let mut steps = Vec::new();
@@ -203,16 +230,16 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<RunReport> 
     })
 }
 
-/// Opens every client `--connect-rounds` times, closing them between rounds (and pausing for
-/// the server to let them go); returns the last round's clients, how many connected, and each
-/// round's sessions per second.
+/// Opens every client until `--connect-rounds` rounds are taken (`rates` holds those taken
+/// before), closing them between rounds (and pausing for the server to let them go); returns
+/// the last round's clients, how many connected, and each round's sessions per second.
 async fn connect_rounds(
     args: &BenchArgs,
     urls: &[String],
     herald: bool,
     stats: &Arc<Stats>,
+    mut rates: Vec<f64>,
 ) -> (JoinSet<()>, usize, Vec<f64>) {
-    let mut rates = Vec::new();
     loop {
         let (mut clients, connected, rate) = connect_all(args, urls, herald, stats).await;
         rates.push(rate);

@@ -78,7 +78,8 @@ struct BenchArgs {
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
     /// Open every client this many times (closing them between rounds) and report the median
-    /// round's sessions per second; the last round's clients stay for the load.
+    /// round's sessions per second; the last round's clients stay for the load. With
+    /// `--baseline` and `--url`, the two servers' rounds alternate.
     #[arg(long, default_value_t = 1)]
     connect_rounds: usize,
     /// First run the same load against the baseline server (a process of its own): the ceiling.
@@ -172,12 +173,17 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return baseline::serve(serve).await;
     }
     let mut reports = Vec::new();
+    let mut herald_rounds = Vec::new();
     if args.baseline {
-        let server = baseline::Baseline::start(&serve).await?;
-        reports.push(load::run(&args, load::Target::Baseline(Box::new(server))).await?);
+        let server = load::Target::Baseline(Box::new(baseline::Baseline::start(&serve).await?));
+        let mut rounds = Vec::new();
+        if !args.url.is_empty() {
+            (rounds, herald_rounds) = load::alternate_rounds(&args, &server).await;
+        }
+        reports.push(load::run(&args, server, rounds).await?);
     }
     if !args.url.is_empty() {
-        reports.push(load::run(&args, load::Target::Herald).await?);
+        reports.push(load::run(&args, load::Target::Herald, herald_rounds).await?);
     }
     report::print(&reports, args.json);
     Ok(())
