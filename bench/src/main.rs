@@ -2,11 +2,11 @@
 //!
 //! It opens N WebSocket clients (spread over local source addresses 127.0.0.1..N so large
 //! counts do not run out of ephemeral ports), subscribes each to K of G groups over the normal
-//! protocol (or lets a gateway route join each to its group), publishes at rate R with S-byte payloads (through Redis directly, `POST
-//! /api/publish` one message or a batch at a time, or a client's `publish`) for a duration, and
-//! reports connected clients, connect rate, deliveries per second, publish-to-receive latency
-//! percentiles (an HDR histogram; the publish time travels in the payload), errors and drops,
-//! with a progress line while it runs. `--baseline` first runs the same load against a minimal
+//! protocol (or lets a gateway route join each to its group), publishes at rate R with S-byte
+//! payloads (through Redis directly, `POST /api/publish` one message or a batch at a time, or a
+//! client's `publish`) for a duration, and reports connected clients, connect rate, deliveries
+//! per second, publish-to-receive latency percentiles (an HDR histogram; the publish time
+//! travels in the payload), errors and drops, with a progress line while it runs. `--baseline` first runs the same load against a minimal
 //! broadcast server in a process of its own ([`baseline`]), so every Herald figure comes with
 //! its ratio to the machine's ceiling. `--chart` draws the reports as SVG ([`chart`]).
 
