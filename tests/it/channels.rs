@@ -310,12 +310,9 @@ async fn the_bridge_leaves_a_group_without_subscribers_and_standalone_bridges_to
         redis.url()
     );
     // Standalone: the in-memory broker, the bridge in the in-process scheduler.
-    let _standalone = Process::spawn(&["standalone", "--listen", &format!("127.0.0.1:{port}")], &toml);
+    let standalone = Process::spawn(&["standalone", "--listen", &format!("127.0.0.1:{port}")], &toml);
     let url = format!("ws://127.0.0.1:{port}/ws");
-    eventually("standalone listens", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-    })
-    .await;
+    standalone.listening(([127, 0, 0, 1], port).into()).await;
     let mut member = Client::connect(&url).await;
     member.subscribe(GROUP).await;
     bridge_joined(&redis, ChannelsLayer::Core).await;

@@ -15,7 +15,29 @@ fn example() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/django_chat")
 }
 
-/// The example's Django app on a free port, with its own database; killed on drop.
+/// The example's Django app with its own database, migrated and with its demo users.
+struct Prepared {
+    env: Vec<(String, String)>,
+    db: PathBuf,
+}
+
+impl Prepared {
+    /// The slow part, done before any port is picked: a port picked early waits unbound, and on
+    /// a busy machine another socket can take it meanwhile.
+    fn new(redis: &Redis) -> Self {
+        let db = std::env::temp_dir().join(format!("herald-django-{}.sqlite3", std::process::id()));
+        let env = vec![
+            ("CHAT_DB".to_string(), db.display().to_string()),
+            ("CHAT_REDIS_URL".into(), format!("{}0", redis.url())),
+        ];
+        for command in [&["migrate", "-v0"][..], &["demo_users"]] {
+            assert!(Django::manage(&env, command).status().unwrap().success(), "manage.py {command:?}");
+        }
+        Self { env, db }
+    }
+}
+
+/// The example's Django app serving on `addr`; killed on drop.
 struct Django {
     child: Child,
     addr: SocketAddr,
@@ -24,21 +46,10 @@ struct Django {
 }
 
 impl Django {
-    async fn start(redis: &Redis, herald: SocketAddr) -> Self {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let db = std::env::temp_dir().join(format!(
-            "herald-django-{}-{}.sqlite3",
-            std::process::id(),
-            addr.port()
-        ));
-        let env = vec![
-            ("CHAT_DB".to_string(), db.display().to_string()),
-            ("CHAT_REDIS_URL".into(), format!("{}0", redis.url())),
-            ("CHAT_HERALD_WS_URL".into(), format!("ws://{herald}/ws")),
-        ];
-        for command in [&["migrate", "-v0"][..], &["demo_users"]] {
-            assert!(Self::manage(&env, command).status().unwrap().success(), "manage.py {command:?}");
-        }
+    /// Serves the prepared app on `addr`, its pages pointing at the Herald on `herald`.
+    async fn serve(prepared: Prepared, addr: SocketAddr, herald: SocketAddr) -> Self {
+        let Prepared { mut env, db } = prepared;
+        env.push(("CHAT_HERALD_WS_URL".into(), format!("ws://{herald}/ws")));
         let child = Self::manage(&env, &["runserver", &addr.to_string(), "--noreload"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -86,15 +97,17 @@ async fn log_in(page: &Page, django: SocketAddr, user: &str) {
 #[tokio::test]
 async fn the_django_example_chats_saves_pushes_and_announces() {
     let redis = Redis::start().await;
-    let herald: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let django = Django::start(&redis, herald).await;
+    let prepared = Prepared::new(&redis);
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let (herald, django) = (loopback(free_port()), loopback(free_port()));
     let config = std::fs::read_to_string(example().join("herald.toml"))
         .unwrap()
-        .replace("127.0.0.1:8001", &django.addr.to_string())
+        .replace("127.0.0.1:8001", &django.to_string())
         .replace("127.0.0.1:8000", &herald.to_string())
         .replace("redis://127.0.0.1:6379/", &redis.url());
-    let _herald = Process::spawn(&["standalone"], &config);
-    eventually("herald listens", || async { tokio::net::TcpStream::connect(herald).await.is_ok() }).await;
+    let herald_process = Process::spawn(&["standalone"], &config);
+    let django = Django::serve(prepared, django, herald).await;
+    herald_process.listening(herald).await;
 
     let driver = Chromedriver::start().await;
     let profiles = std::env::temp_dir().join(format!("herald-django-browsers-{}", std::process::id()));

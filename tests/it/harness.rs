@@ -659,6 +659,19 @@ impl Process {
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     }
 
+    /// Waits until the process accepts connections on `addr`; fails the test with the
+    /// process's log if it does not within [`WAIT`].
+    pub async fn listening(&self, addr: SocketAddr) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("herald did not listen on {addr} within {WAIT:?}; its log:\n{}", self.log());
+    }
+
     /// What the process has written to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

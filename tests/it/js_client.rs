@@ -148,12 +148,9 @@ async fn a_route_client_recovers_what_it_missed_even_before_its_first_message() 
 #[tokio::test]
 async fn the_standalone_demo_shows_who_is_here_by_name() {
     let port = crate::harness::free_port();
-    let _standalone =
+    let standalone =
         crate::harness::Process::spawn(&["standalone", "--listen", &format!("127.0.0.1:{port}")], "");
-    eventually("standalone listens", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-    })
-    .await;
+    standalone.listening(([127, 0, 0, 1], port).into()).await;
     let driver = Chromedriver::start().await;
     let profiles = std::env::temp_dir().join(format!("herald-demo-names-{}", std::process::id()));
     let ann = Page(driver.browser(&profiles.join("ann")).await);
