@@ -138,10 +138,9 @@ pub async fn alternate_rounds(args: &BenchArgs, baseline: &Target) -> (Vec<f64>,
     for _ in 1..args.connect_rounds {
         for (target, rates) in [(baseline, &mut baseline_rates), (&Target::Herald, &mut herald_rates)] {
             let herald = matches!(target, Target::Herald);
-            let (mut clients, _, rate) = connect_all(args, &target.urls(args), herald, &stats).await;
+            let (clients, _, rate) = connect_all(args, &target.urls(args), herald, &stats).await;
             rates.push(rate);
-            clients.abort_all();
-            while clients.join_next().await.is_some() {}
+            close_all(clients).await;
             tokio::time::sleep(ROUND_PAUSE).await;
         }
     }
@@ -168,7 +167,7 @@ pub async fn run(args: &BenchArgs, target: Target, rounds: Vec<f64>) -> anyhow::
     };
     let resident = || (!pids.is_empty()).then(|| pids.iter().filter_map(|p| rss_kib(*p)).sum::<u64>());
     let rss_before = resident();
-    let (mut clients, connected, connect_rates) =
+    let (clients, connected, connect_rates) =
         connect_rounds(args, &urls, matches!(target, Target::Herald), &stats, rounds).await;
     let rss_kib = resident();
     let mut publisher = Publisher::new(args, &urls[0]).await?;
@@ -210,8 +209,7 @@ pub async fn run(args: &BenchArgs, target: Target, rounds: Vec<f64>) -> anyhow::
         });
     }
     eprintln!();
-    clients.abort_all();
-    while clients.join_next().await.is_some() {}
+    close_all(clients).await;
     if let Target::Baseline(server) = target {
         server.stop().await;
     }
@@ -241,15 +239,20 @@ async fn connect_rounds(
     mut rates: Vec<f64>,
 ) -> (JoinSet<()>, usize, Vec<f64>) {
     loop {
-        let (mut clients, connected, rate) = connect_all(args, urls, herald, stats).await;
+        let (clients, connected, rate) = connect_all(args, urls, herald, stats).await;
         rates.push(rate);
         if rates.len() >= args.connect_rounds {
             return (clients, connected, rates);
         }
-        clients.abort_all();
-        while clients.join_next().await.is_some() {}
+        close_all(clients).await;
         tokio::time::sleep(ROUND_PAUSE).await;
     }
+}
+
+/// Closes every client of a round (their connections reset) and waits until they are gone.
+async fn close_all(mut clients: JoinSet<()>) {
+    clients.abort_all();
+    while clients.join_next().await.is_some() {}
 }
 
 /// The middle value (the upper one of an even count).
