@@ -4,8 +4,11 @@
 //! a gateway, so its CPU and memory are measured the same way and it does not share a runtime
 //! with the load's clients. It does what the best possible server would do for a broadcast and
 //! nothing more: every message is one shared frame pushed to the queue of each member of its
-//! group (named on the URL, `/ws?groups=0,5`: bench groups by number), and one task per client
-//! takes everything queued and flushes once per burst; no protocol, no broker, no limits.
+//! group, and one task per client takes everything queued and flushes once per burst; no
+//! protocol, no broker, no limits. A client joins its groups (bench groups by number) the way
+//! Herald's clients of the same load do, so that both servers hear the same conversation: from
+//! the URL (`/ws?groups=0,5`) where a gateway route joins them, or with a `subscribe` frame
+//! (`{"type":"subscribe","group":"bench.5","id":1}`) answered with a fixed `reply`.
 //! Its intakes are the ones Herald has, minus the work: `SSUBSCRIBE` to the bench groups'
 //! channels on Redis (the frame is the message as published), `POST /api/publish` (`{"group",
 //! "data"}` or an array of them, answered at once), and `publish` frames from its WebSocket
@@ -134,9 +137,17 @@ impl Groups {
 
     /// Queues a message handed over by name (`bench.<n>`).
     fn publish(&self, publish: &Publish) {
-        if let Some(n) = publish.group.as_str().strip_prefix("bench.").and_then(|n| n.parse().ok()) {
+        if let Some(n) = number(&publish.group) {
             self.deliver(n, protocol::message(&publish.group, &publish.data));
         }
+    }
+
+    /// Makes `queue` a member of group `n` (a bench group by number).
+    fn join(&self, n: usize, queue: &Arc<Queue>) -> bool {
+        self.0.get(n).is_some_and(|members| {
+            lock(members).push(queue.clone());
+            true
+        })
     }
 }
 
@@ -162,7 +173,13 @@ impl Queue {
     }
 }
 
-/// `?groups=0,5`: the bench groups a client is in (group 0 when absent).
+/// The number of bench group `bench.<n>`.
+fn number(group: &GroupName) -> Option<usize> {
+    group.as_str().strip_prefix("bench.")?.parse().ok()
+}
+
+/// `?groups=0,5`: the bench groups a client is in from the start (none when absent: it sends
+/// `subscribe` frames).
 #[derive(Deserialize)]
 struct Join {
     groups: Option<String>,
@@ -173,10 +190,8 @@ async fn upgrade(
     Query(join): Query<Join>,
     ws: WebSocketUpgrade,
 ) -> axum::response::Response {
-    let member_of: Vec<usize> = match join.groups {
-        Some(list) => list.split(',').filter_map(|n| n.parse().ok()).collect(),
-        None => vec![0],
-    };
+    let member_of: Vec<usize> =
+        join.groups.iter().flat_map(|list| list.split(',')).filter_map(|n| n.parse().ok()).collect();
     // Herald's buffer sizes: a small read buffer (grown for larger frames) costs less per
     // connection.
     ws.read_buffer_size(256)
@@ -185,14 +200,11 @@ async fn upgrade(
 }
 
 /// One client: every frame queued for it is written, a burst at a time with one flush; its own
-/// `publish` frames are delivered to their group.
-async fn client(socket: WebSocket, groups: Arc<Groups>, member_of: Vec<usize>) {
+/// `publish` frames are delivered to their group, its `subscribe` frames join it and are
+/// answered.
+async fn client(socket: WebSocket, groups: Arc<Groups>, mut member_of: Vec<usize>) {
     let queue = Arc::new(Queue::default());
-    for &n in &member_of {
-        if let Some(members) = groups.0.get(n) {
-            lock(members).push(queue.clone());
-        }
-    }
+    member_of.retain(|&n| groups.join(n, &queue));
     let (mut sink, mut stream) = socket.split();
     loop {
         tokio::select! {
@@ -210,11 +222,19 @@ async fn client(socket: WebSocket, groups: Arc<Groups>, member_of: Vec<usize>) {
                 }
             }
             incoming = stream.next() => match incoming {
-                Some(Ok(Message::Text(text))) => {
-                    if let Ok(publish) = serde_json::from_str::<Publish>(&text) {
-                        groups.publish(&publish);
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<Incoming>(&text) {
+                    Ok(Incoming { group, data: Some(data), .. }) => groups.publish(&Publish { group, data }),
+                    Ok(Incoming { group, data: None, id }) => {
+                        if let Some(n) = number(&group).filter(|&n| groups.join(n, &queue)) {
+                            member_of.push(n);
+                        }
+                        let reply = format!(r#"{{"type":"reply","id":{}}}"#, id.unwrap_or_default());
+                        if sink.send(Message::text(reply)).await.is_err() {
+                            break;
+                        }
                     }
-                }
+                    Err(_) => {}
+                },
                 Some(Ok(_)) => {}
                 _ => break,
             },
@@ -227,12 +247,19 @@ async fn client(socket: WebSocket, groups: Arc<Groups>, member_of: Vec<usize>) {
     }
 }
 
-/// A message handed to the baseline: `{"group": G, "data": D}` (with `"type": "publish"` from a
-/// WebSocket client).
+/// A message handed to the baseline: `{"group": G, "data": D}`.
 #[derive(Deserialize)]
 struct Publish {
     group: GroupName,
     data: Box<RawValue>,
+}
+
+/// A frame from a WebSocket client: a `publish` (with `data`) or a `subscribe` (without).
+#[derive(Deserialize)]
+struct Incoming {
+    group: GroupName,
+    data: Option<Box<RawValue>>,
+    id: Option<u64>,
 }
 
 /// `POST /api/publish`: one message, or an array of them.

@@ -270,6 +270,7 @@ async fn connect_all(
     herald: bool,
     stats: &Arc<Stats>,
 ) -> (JoinSet<()>, usize, f64) {
+    let routed = args.url.iter().any(|url| url.contains(ROUTE_GROUP));
     let slots = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let mut clients = JoinSet::new();
@@ -280,28 +281,25 @@ async fn connect_all(
         // gateways.
         let mut url = urls[i * urls.len() / args.clients].clone();
         let groups = client_groups(args, i);
-        // A `{group}` in the URL is a gateway route that joins the client on connect.
-        let routed = url.contains(ROUTE_GROUP);
-        if routed {
-            url = url.replace(ROUTE_GROUP, &groups[0].to_string());
-        }
-        let query = if herald {
-            args.token.as_ref().map(|token| format!("token={token}"))
-        } else {
-            let numbers: Vec<String> = groups.iter().map(u64::to_string).collect();
-            Some(format!("groups={}", numbers.join(",")))
+        // Where the gateway joins clients by a route (a `{group}` in its URL), the baseline
+        // joins them from its URL; elsewhere the clients of both send `subscribe` frames.
+        let entry = match (herald, routed) {
+            (_, false) => Entry::Subscribe(groups.iter().map(|&n| bench_group(n)).collect()),
+            (true, true) => Entry::Routed,
+            (false, true) => Entry::Joined,
+        };
+        url = url.replace(ROUTE_GROUP, &groups[0].to_string());
+        let query = match entry {
+            Entry::Joined => {
+                let numbers: Vec<String> = groups.iter().map(u64::to_string).collect();
+                Some(format!("groups={}", numbers.join(",")))
+            }
+            _ => args.token.as_ref().filter(|_| herald).map(|token| format!("token={token}")),
         };
         if let Some(query) = query {
             url = format!("{url}{}{query}", if url.contains('?') { '&' } else { '?' });
         }
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % args.sources as usize) as u8));
-        // The baseline learns a client's groups from the URL; Herald's clients subscribe, or
-        // wait to be told they were joined by the route.
-        let entry = match (herald, routed) {
-            (false, _) => Entry::Joined,
-            (true, false) => Entry::Subscribe(groups.into_iter().map(bench_group).collect()),
-            (true, true) => Entry::Routed,
-        };
         let (stats, ready) = (stats.clone(), ready_tx.clone());
         clients.spawn(async move {
             let joined = tokio::time::timeout(CONNECT_TIMEOUT, join(&url, source, &entry))
@@ -347,7 +345,7 @@ pub const ROUTE_GROUP: &str = "{group}";
 
 /// How a client gets into its groups.
 enum Entry {
-    /// The server put it there from the URL (the baseline): nothing to wait for.
+    /// The baseline put it there from the URL: nothing to wait for.
     Joined,
     /// It sends a `subscribe` for each and waits for the replies.
     Subscribe(Vec<GroupName>),
