@@ -33,6 +33,9 @@ pub(crate) mod close {
     pub(crate) const RATE_LIMITED: u16 = 4029;
     /// The client answered no ping for `ping_interval + pong_timeout`.
     pub(crate) const NO_PONG: u16 = 4000;
+    /// The connection broke (reset by the client, say): no close frame is written to it, as
+    /// the protocol reserves 1006 for closes without one.
+    pub(crate) const GONE: u16 = 1006;
 }
 
 /// The `code` of an `error` frame.

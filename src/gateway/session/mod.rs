@@ -199,7 +199,7 @@ impl Session {
             self.gateway.track(|| Change::Disconnect { client });
         }
         let code = self.outbox.close_requested();
-        if let Some(code) = code.filter(|c| *c != close::NORMAL) {
+        if let Some(code) = code.filter(|c| ![close::NORMAL, close::GONE].contains(c)) {
             self.gateway.metrics.closes.get_or_create(&metrics::Code { code }).inc();
         }
         code
@@ -287,10 +287,11 @@ impl Session {
 
 /// 1009 for a frame over `max_frame_bytes`; any other read error ends the session quietly.
 fn close_code_for(e: &axum::Error) -> u16 {
-    let too_large = std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-    if too_large { close::TOO_LARGE } else { close::NORMAL }
+    match std::error::Error::source(e).and_then(|s| s.downcast_ref::<tungstenite::Error>()) {
+        Some(tungstenite::Error::Capacity(_)) => close::TOO_LARGE,
+        Some(tungstenite::Error::Io(_)) => close::GONE,
+        _ => close::NORMAL,
+    }
 }
 
 /// After our close frame, reads until the client's close (or a short grace) so the TCP
@@ -304,4 +305,22 @@ async fn drain_until_closed(mut stream: SplitStream<WebSocket>) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_connection_gets_no_close_frame_and_an_oversized_frame_gets_1009() {
+        let reset = axum::Error::new(tungstenite::Error::Io(std::io::ErrorKind::ConnectionReset.into()));
+        assert_eq!(close_code_for(&reset), close::GONE);
+        let capacity = tungstenite::error::CapacityError::MessageTooLong { size: 2, max_size: 1 };
+        let too_large = axum::Error::new(tungstenite::Error::Capacity(capacity));
+        assert_eq!(close_code_for(&too_large), close::TOO_LARGE);
+        let protocol = axum::Error::new(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::NonZeroReservedBits,
+        ));
+        assert_eq!(close_code_for(&protocol), close::NORMAL);
+    }
 }

@@ -129,8 +129,11 @@ async fn write_batch(
 
 /// Sends the close frame, with the reason the close was asked with or one for its code; for any
 /// close but a slow consumer's, the frames already queued (an error that explains the close, say)
-/// go first. All within [`CLOSE_SEND_TIMEOUT`].
+/// go first. All within [`CLOSE_SEND_TIMEOUT`]; nothing to a connection that broke.
 async fn send_close(sink: &mut Sink, outbox: &Outbox, code: u16) {
+    if code == close::GONE {
+        return;
+    }
     let reason = outbox.close_reason().map_or_else(|| default_reason(code), truncated);
     let frame = CloseFrame { code, reason: Utf8Bytes::from(reason.to_string()) };
     let send = async {
