@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use herald::config::AuthMode;
+
 use crate::harness::{GatewayProcess, Node, Redis, config, eventually, metric};
 
 #[tokio::test]
@@ -90,18 +92,25 @@ async fn logs_are_json_lines_with_a_span_per_connection() {
 async fn a_new_session_sends_its_101_and_its_welcome_in_one_packet() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let node = Node::ready(config(None, "gw-one-packet")).await;
-    let mut socket = tokio::net::TcpStream::connect(node.addr).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nhost: {}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
-         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        node.addr
-    );
-    socket.write_all(request.as_bytes()).await.unwrap();
-    // Read as soon as anything arrives: sent apart, the 101 would come alone.
-    let mut first = vec![0; 4096];
-    let read = socket.read(&mut first).await.unwrap();
-    let first = String::from_utf8_lossy(&first[..read]);
-    assert!(first.starts_with("HTTP/1.1 101"), "{first}");
-    assert!(first.contains(r#"{"type":"welcome""#), "the welcome came with the 101: {first:?}");
+    // With authentication required and no token on the URL, the welcome goes at once too: the
+    // `auth` frame is awaited after it.
+    for auth in [AuthMode::Off, AuthMode::Required] {
+        let mut config = config(None, "gw-one-packet");
+        config.auth = Some(auth);
+        config.auth_hmac_secret = Some("a-secret-of-at-least-32-bytes-long!".into());
+        let node = Node::ready(config).await;
+        let mut socket = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nhost: {}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+             sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            node.addr
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        // Read as soon as anything arrives: sent apart, the 101 would come alone.
+        let mut first = vec![0; 4096];
+        let read = socket.read(&mut first).await.unwrap();
+        let first = String::from_utf8_lossy(&first[..read]);
+        assert!(first.starts_with("HTTP/1.1 101"), "{auth:?}: {first}");
+        assert!(first.contains(r#"{"type":"welcome""#), "{auth:?}: the welcome came with the 101: {first:?}");
+    }
 }

@@ -55,14 +55,11 @@ impl From<AuthError> for Refused {
     }
 }
 
-/// Whether a session's welcome is written as soon as it starts: no connect hook to ask, no
-/// `auth` frame to wait for (or a refusal, written as soon).
-pub(super) fn welcome_at_once(mode: AuthMode, token_on_url: bool) -> bool {
-    match mode {
-        AuthMode::Off | AuthMode::Optional => true,
-        AuthMode::Required => token_on_url,
-        AuthMode::Proxy => false,
-    }
+/// Whether a session's welcome is written as soon as it starts: unless a connect hook is to be
+/// asked first (a token on the URL is checked at once, and an `auth` frame is awaited after the
+/// welcome; a refusal is written as soon).
+pub(super) fn welcome_at_once(mode: AuthMode) -> bool {
+    mode != AuthMode::Proxy
 }
 
 impl Session {

@@ -77,7 +77,7 @@ pub(super) fn upgrade(
     grants: Grants,
 ) -> Response {
     let max = gateway.config.max_frame_bytes;
-    if auth::welcome_at_once(gateway.config.auth_mode(), admitted.token.is_some())
+    if auth::welcome_at_once(gateway.config.auth_mode())
         && let Some(cork) = &admitted.cork
     {
         cork.ask();
