@@ -55,9 +55,9 @@ impl From<AuthError> for Refused {
     }
 }
 
-/// Whether a session's welcome is written as soon as it starts: unless a connect hook is to be
-/// asked first (a token on the URL is checked at once, and an `auth` frame is awaited after the
-/// welcome; a refusal is written as soon).
+/// Whether a session's welcome is written as soon as it starts: always, unless a connect hook
+/// must be asked first (a token on the URL is checked at once, an `auth` frame is awaited after
+/// the welcome, and a refusal is written as soon).
 pub(super) fn welcome_at_once(mode: AuthMode) -> bool {
     mode != AuthMode::Proxy
 }

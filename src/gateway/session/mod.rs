@@ -285,7 +285,8 @@ impl Session {
     }
 }
 
-/// 1009 for a frame over `max_frame_bytes`; any other read error ends the session quietly.
+/// 1009 for a frame over `max_frame_bytes`, 1006 for a broken connection (no close frame is
+/// written to it); any other read error ends the session with 1000.
 fn close_code_for(e: &axum::Error) -> u16 {
     match std::error::Error::source(e).and_then(|s| s.downcast_ref::<tungstenite::Error>()) {
         Some(tungstenite::Error::Capacity(_)) => close::TOO_LARGE,
