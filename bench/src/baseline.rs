@@ -144,10 +144,9 @@ impl Groups {
 
     /// Makes `queue` a member of group `n` (a bench group by number).
     fn join(&self, n: usize, queue: &Arc<Queue>) -> bool {
-        self.0.get(n).is_some_and(|members| {
-            lock(members).push(queue.clone());
-            true
-        })
+        let Some(members) = self.0.get(n) else { return false };
+        lock(members).push(queue.clone());
+        true
     }
 }
 

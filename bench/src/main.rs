@@ -6,9 +6,10 @@
 //! payloads (through Redis directly, `POST /api/publish` one message or a batch at a time, or a
 //! client's `publish`) for a duration, and reports connected clients, connect rate, deliveries
 //! per second, publish-to-receive latency percentiles (an HDR histogram; the publish time
-//! travels in the payload), errors and drops, with a progress line while it runs. `--baseline` first runs the same load against a minimal
-//! broadcast server in a process of its own ([`baseline`]), so every Herald figure comes with
-//! its ratio to the machine's ceiling. `--chart` draws the reports as SVG ([`chart`]).
+//! travels in the payload), errors and drops, with a progress line while it runs. `--baseline`
+//! first runs the same load against a minimal broadcast server in a process of its own
+//! ([`baseline`]), so every Herald figure comes with its ratio to the machine's ceiling.
+//! `--chart` draws the reports as SVG ([`chart`]).
 
 mod baseline;
 mod chart;
