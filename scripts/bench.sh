@@ -52,12 +52,12 @@ for run in $(seq "$runs"); do
   "$load" --baseline --url "ws://127.0.0.1:$p1/ws" --redis-url "$redis_url" --clients 1000 --size 100 \
     --publish http --http-connections 16 --rate 1000,2000,3000,5000 --duration 5s --pid "$g1" \
     --json >"$out/fanout-http-$run.json"
-  echo "== run $run: new sessions per second, 8000 clients, median of 15 rounds (the ceiling's and Herald's in turn), joined by a route"
+  echo "== run $run: new sessions per second, 8000 clients, median of 15 rounds (the ceiling's and Herald's in turn) and each server's CPU per session, joined by a route"
   "$load" --baseline --url "ws://127.0.0.1:$p1/ws/bench/{group}" --redis-url "$redis_url" --clients 8000 \
-    --sources 8 --rate 0 --duration 0s --connect-rounds 15 --json >"$out/connect-route-$run.json"
+    --sources 8 --rate 0 --duration 0s --connect-rounds 15 --pid "$g1" --json >"$out/connect-route-$run.json"
   echo "== run $run: the same, each client sending a subscribe (handshake + subscribe)"
   "$load" --baseline --url "ws://127.0.0.1:$p1/ws" --redis-url "$redis_url" --clients 8000 --sources 8 \
-    --rate 0 --duration 0s --connect-rounds 15 --json >"$out/connect-$run.json"
+    --rate 0 --duration 0s --connect-rounds 15 --pid "$g1" --json >"$out/connect-$run.json"
 done
 kill "$g1"
 

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::baseline::Baseline;
-use super::report::{Latency, RunReport, StepReport};
+use super::report::{Latency, RunReport, SessionCpu, StepReport};
 use super::{BenchArgs, PublishVia};
 
 pub enum Target {
@@ -141,45 +141,84 @@ impl Target {
             Target::Herald => args.url.clone(),
         }
     }
+
+    /// The server's processes: the baseline's own, or the gateways `--pid` names (with their
+    /// Redis, if it names it).
+    fn pids<'a>(&'a self, args: &'a BenchArgs) -> &'a [u32] {
+        match self {
+            Target::Baseline(server) => std::slice::from_ref(&server.pid),
+            Target::Herald => &args.pid,
+        }
+    }
+
+    fn is_herald(&self) -> bool {
+        matches!(self, Target::Herald)
+    }
+}
+
+/// One server's connect rounds whose clients were closed again: each round's sessions per
+/// second, and the CPU its processes spent on those rounds (the closes and pauses included).
+pub struct Rounds {
+    rates: Vec<f64>,
+    /// User and system CPU ticks; `None` where the processes could not be read (no `--pid`).
+    cpu: Option<(u64, u64)>,
+    sessions: usize,
+}
+
+impl Default for Rounds {
+    fn default() -> Self {
+        Self { rates: Vec::new(), cpu: Some((0, 0)), sessions: 0 }
+    }
+}
+
+impl Rounds {
+    /// Takes one round against `target`, its clients closed again.
+    async fn take(&mut self, args: &BenchArgs, target: &Target, stats: &Arc<Stats>) {
+        let pids = target.pids(args);
+        let before = cpu_ticks(pids);
+        let (connected, rate) = closed_round(args, &target.urls(args), target.is_herald(), stats).await;
+        let spent = before.zip(cpu_ticks(pids)).map(|((u, s), (u2, s2))| (u2 - u, s2 - s));
+        self.cpu = self.cpu.zip(spent).map(|((u, s), (du, ds))| (u + du, s + ds));
+        self.sessions += connected;
+        self.rates.push(rate);
+    }
+
+    /// The server's CPU per session over these rounds, if it was measured.
+    fn cpu_per_session(&self) -> Option<SessionCpu> {
+        let (user, system) = self.cpu?;
+        let per_session = |ticks: u64| ticks as f64 / CLOCK_TICKS_PER_SEC * 1e6 / self.sessions as f64;
+        (self.sessions > 0).then(|| SessionCpu { user_us: per_session(user), system_us: per_session(system) })
+    }
 }
 
 /// Takes all but the last of the `--connect-rounds` of the baseline and of Herald in turn, so
-/// that both servers' rounds see the same moments of the machine; returns each one's rates,
+/// that both servers' rounds see the same moments of the machine; returns each one's rounds,
 /// for [`run`] to add its last round to.
-pub async fn alternate_rounds(args: &BenchArgs, baseline: &Target) -> (Vec<f64>, Vec<f64>) {
+pub async fn alternate_rounds(args: &BenchArgs, baseline: &Target) -> (Rounds, Rounds) {
     let stats = Arc::new(Stats::new());
-    let (mut baseline_rates, mut herald_rates) = (Vec::new(), Vec::new());
+    let (mut baseline_rounds, mut herald_rounds) = (Rounds::default(), Rounds::default());
     for _ in 1..args.connect_rounds {
-        for (target, rates) in [(baseline, &mut baseline_rates), (&Target::Herald, &mut herald_rates)] {
-            let herald = matches!(target, Target::Herald);
-            rates.push(closed_round(args, &target.urls(args), herald, &stats).await);
-        }
+        baseline_rounds.take(args, baseline, &stats).await;
+        herald_rounds.take(args, &Target::Herald, &stats).await;
     }
-    (baseline_rates, herald_rates)
+    (baseline_rounds, herald_rounds)
 }
 
 /// Runs the load against `target`; `rounds` are its connect rounds already taken
 /// ([`alternate_rounds`]).
-pub async fn run(args: &BenchArgs, target: Target, rounds: Vec<f64>) -> anyhow::Result<RunReport> {
+pub async fn run(args: &BenchArgs, target: Target, rounds: Rounds) -> anyhow::Result<RunReport> {
     let name = match target {
         Target::Baseline(_) => "baseline",
         Target::Herald => "herald",
     };
     let urls = target.urls(args);
     let stats = Arc::new(Stats::new());
-    // `--pid` names the gateways (or their Redis); the baseline is its own process.
-    let baseline_pid;
-    let pids: &[u32] = match &target {
-        Target::Baseline(server) => {
-            baseline_pid = [server.pid];
-            &baseline_pid
-        }
-        Target::Herald => &args.pid,
-    };
+    let pids = target.pids(args);
     let resident = || (!pids.is_empty()).then(|| pids.iter().filter_map(|p| rss_kib(*p)).sum::<u64>());
     let rss_before = resident();
-    let (clients, connected, connect_rates) =
-        connect_rounds(args, &urls, matches!(target, Target::Herald), &stats, rounds).await;
+    let (clients, connected, rounds) = connect_rounds(args, &target, &stats, rounds).await;
+    let connect_cpu = rounds.cpu_per_session();
+    let connect_rates = rounds.rates;
     let rss_kib = resident();
     let mut publisher = Publisher::new(args, &urls[0]).await?;
     let mut steps = Vec::new();
@@ -230,6 +269,7 @@ pub async fn run(args: &BenchArgs, target: Target, rounds: Vec<f64>) -> anyhow::
         connected,
         connect_rate: median(&connect_rates),
         connect_rates,
+        connect_cpu,
         steps,
         rss_kib,
         rss_kib_per_connection: rss_kib
@@ -239,31 +279,30 @@ pub async fn run(args: &BenchArgs, target: Target, rounds: Vec<f64>) -> anyhow::
     })
 }
 
-/// Opens every client until `--connect-rounds` rounds are taken (`rates` holds those taken
+/// Opens every client until `--connect-rounds` rounds are taken (`rounds` holds those taken
 /// before), closing them between rounds (and pausing for the server to let them go); returns
-/// the last round's clients, how many connected, and each round's sessions per second.
+/// the last round's clients, how many connected, and the rounds with the last one's rate.
 async fn connect_rounds(
     args: &BenchArgs,
-    urls: &[String],
-    herald: bool,
+    target: &Target,
     stats: &Arc<Stats>,
-    mut rates: Vec<f64>,
-) -> (JoinSet<()>, usize, Vec<f64>) {
-    while rates.len() + 1 < args.connect_rounds {
-        rates.push(closed_round(args, urls, herald, stats).await);
+    mut rounds: Rounds,
+) -> (JoinSet<()>, usize, Rounds) {
+    while rounds.rates.len() + 1 < args.connect_rounds {
+        rounds.take(args, target, stats).await;
     }
-    let (clients, connected, rate) = connect_all(args, urls, herald, stats).await;
-    rates.push(rate);
-    (clients, connected, rates)
+    let (clients, connected, rate) = connect_all(args, &target.urls(args), target.is_herald(), stats).await;
+    rounds.rates.push(rate);
+    (clients, connected, rounds)
 }
 
 /// One connect round whose clients are closed again (and the server given a pause to let them
-/// go): its sessions per second.
-async fn closed_round(args: &BenchArgs, urls: &[String], herald: bool, stats: &Arc<Stats>) -> f64 {
-    let (clients, _, rate) = connect_all(args, urls, herald, stats).await;
+/// go): how many connected, and the sessions per second.
+async fn closed_round(args: &BenchArgs, urls: &[String], herald: bool, stats: &Arc<Stats>) -> (usize, f64) {
+    let (clients, connected, rate) = connect_all(args, urls, herald, stats).await;
     close_all(clients).await;
     tokio::time::sleep(ROUND_PAUSE).await;
-    rate
+    (connected, rate)
 }
 
 /// Closes every client of a round (their connections reset) and waits until they are gone.
@@ -704,14 +743,26 @@ fn cpu_ticks_each(pids: &[u32]) -> Option<Vec<u64>> {
     if pids.is_empty() {
         return None;
     }
-    pids.iter()
-        .map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // Fields after the command name (which may contain spaces) start at state.
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
-        .collect()
+    pids.iter().map(|&pid| process_ticks(pid).map(|(user, system)| user + system)).collect()
+}
+
+/// User and system CPU ticks of the processes together, if all could be read.
+fn cpu_ticks(pids: &[u32]) -> Option<(u64, u64)> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold((0, 0), |(user, system), &pid| {
+        let (u, s) = process_ticks(pid)?;
+        Some((user + u, system + s))
+    })
+}
+
+/// A process's user and system CPU ticks (`/proc/<pid>/stat`).
+fn process_ticks(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at state.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?))
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {

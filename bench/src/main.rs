@@ -174,10 +174,10 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return baseline::serve(serve).await;
     }
     let mut reports = Vec::new();
-    let mut herald_rounds = Vec::new();
+    let mut herald_rounds = load::Rounds::default();
     if args.baseline {
         let server = load::Target::Baseline(Box::new(baseline::Baseline::start(&serve).await?));
-        let mut rounds = Vec::new();
+        let mut rounds = load::Rounds::default();
         if !args.url.is_empty() {
             (rounds, herald_rounds) = load::alternate_rounds(&args, &server).await;
         }

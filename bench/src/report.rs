@@ -13,12 +13,23 @@ pub struct RunReport {
     pub connect_rate: f64,
     /// Each connect round's sessions per second (`--connect-rounds`).
     pub connect_rates: Vec<f64>,
+    /// The server's CPU per session over the connect rounds whose clients were closed again
+    /// (all but the last, each with its closes): what a session costs the server itself,
+    /// whatever share of the machine the load's clients take (with `--pid` for Herald).
+    pub connect_cpu: Option<SessionCpu>,
     pub steps: Vec<StepReport>,
     /// Resident memory of the measured processes after connecting, KiB (with `--pid`).
     pub rss_kib: Option<u64>,
     /// Resident memory the connections added, per connection, KiB (with `--pid`).
     pub rss_kib_per_connection: Option<f64>,
     pub errors: u64,
+}
+
+/// CPU time per session, in microseconds.
+#[derive(Debug, Serialize)]
+pub struct SessionCpu {
+    pub user_us: f64,
+    pub system_us: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,7 +63,7 @@ pub fn print(reports: &[RunReport], json: bool) {
     }
     for r in reports {
         println!(
-            "{}: {}/{} clients connected, {:.0} sessions/s{}{}{}",
+            "{}: {}/{} clients connected, {:.0} sessions/s{}{}{}{}",
             r.target,
             r.connected,
             r.clients,
@@ -63,6 +74,10 @@ pub fn print(reports: &[RunReport], json: bool) {
             } else {
                 String::new()
             },
+            r.connect_cpu.as_ref().map_or(String::new(), |cpu| format!(
+                ", {:.1} µs user + {:.1} µs system CPU per session",
+                cpu.user_us, cpu.system_us
+            )),
             r.rss_kib.zip(r.rss_kib_per_connection).map_or(String::new(), |(kib, per)| format!(
                 ", {kib} KiB resident ({per:.2} KiB added per connection)"
             )),

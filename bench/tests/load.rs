@@ -85,6 +85,8 @@ async fn bench_counts_every_delivery_of_the_baseline_and_of_a_gateway_for_each_p
     for via in ["redis", "http", "ws"] {
         // Two connect rounds, the servers' taken in turn; the second round's clients take the load.
         let rounds = if via == "redis" { "2" } else { "1" };
+        // The gateway serves from this process, whose CPU the closed round is measured by.
+        let pid = std::process::id().to_string();
         let args = [
             "--baseline",
             "--url",
@@ -95,6 +97,8 @@ async fn bench_counts_every_delivery_of_the_baseline_and_of_a_gateway_for_each_p
             via,
             "--connect-rounds",
             rounds,
+            "--pid",
+            &pid,
         ];
         let runs = bench(&args).await;
         let targets: Vec<_> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
@@ -105,6 +109,12 @@ async fn bench_counts_every_delivery_of_the_baseline_and_of_a_gateway_for_each_p
             assert_eq!(run["errors"], 0, "{what}");
             assert!(run["connect_rate"].as_f64().unwrap() > 0.0, "{what}");
             assert_eq!(run["connect_rates"].as_array().unwrap().len().to_string(), rounds, "{what}");
+            // CPU per session comes from the rounds closed again: none when the only round stays.
+            let cpu = &run["connect_cpu"];
+            match rounds {
+                "2" => assert!(cpu["user_us"].is_f64() && cpu["system_us"].is_f64(), "{what}"),
+                _ => assert!(cpu.is_null(), "{what}"),
+            }
             let step = &run["steps"][0];
             let published = step["published"].as_u64().unwrap();
             assert!(published >= 30, "about 40 messages in 1 s: {what}");
