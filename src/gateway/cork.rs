@@ -3,10 +3,10 @@
 //! hyper writes the `101 Switching Protocols` and flushes it before the session starts, and the
 //! session's welcome follows a moment later in a write of its own: two writes, two packets and
 //! two wake-ups of the client, for every connection. Where the welcome follows at once (there
-//! is no connect hook to ask first), the upgrade asks for the connection to be corked: the `101` is kept in the connection's stream instead of being written, and the
-//! session's writer releases it with its first write, so both leave in one system call. A
-//! release with nothing to write after it still sends the `101` at the next flush, and a
-//! shutdown sends it first.
+//! is no connect hook to ask first), the upgrade asks for the connection to be corked: the
+//! `101` is kept in the connection's stream instead of being written, and the session's writer
+//! releases it with its first write, so both leave in one system call. A release with nothing
+//! to write after it still sends the `101` at the next flush, and a shutdown sends it first.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
