@@ -6,6 +6,9 @@
 //! input. Encoding produces shared [`Utf8Bytes`]: a group message is encoded once per instance and
 //! the same bytes go to every local member.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -121,22 +124,40 @@ impl RequestError {
     }
 }
 
-/// Every field a v1 client frame may carry; all optional so that errors can be precise.
+/// Every field a v1 client frame may carry; all optional so that errors can be precise. The
+/// strings stay in the frame's text (read by [`string`]) rather than being copied out.
 #[derive(Deserialize)]
-struct RawFrame {
-    #[serde(rename = "type")]
-    kind: Option<serde_json::Value>,
+struct RawFrame<'a> {
+    #[serde(rename = "type", default, borrow, deserialize_with = "present_in")]
+    kind: Option<&'a RawValue>,
     id: Option<serde_json::Value>,
-    group: Option<serde_json::Value>,
+    #[serde(default, borrow, deserialize_with = "present_in")]
+    group: Option<&'a RawValue>,
     #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     since: Option<serde_json::Value>,
-    token: Option<serde_json::Value>,
+    #[serde(default, borrow, deserialize_with = "present_in")]
+    token: Option<&'a RawValue>,
 }
 
 /// Keeps an explicit `"data": null` as data (plain `Option` would read it as absent).
 pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
     Box::<RawValue>::deserialize(d).map(Some)
+}
+
+/// [`present`] for a field left in the frame's text: `null` is a value of the wrong type there,
+/// not a missing field.
+fn present_in<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// The text of a JSON string, borrowed from the frame unless it has escapes; `None` when `raw`
+/// is not a string.
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str(raw.get())
+        .map(Cow::Borrowed)
+        .or_else(|_| serde_json::from_str(raw.get()).map(Cow::Owned))
+        .ok()
 }
 
 /// Decodes one client text frame.
@@ -151,12 +172,12 @@ pub fn decode(text: &str) -> Result<Incoming, RequestError> {
         })?),
     };
     let bad = |code, message: &str| RequestError::new(id, code, message);
-    let kind = match &raw.kind {
-        Some(serde_json::Value::String(kind)) => kind.as_str(),
-        Some(_) => return Err(bad(ErrorCode::BadRequest, "type must be a string")),
+    let kind = match raw.kind.map(string) {
+        Some(Some(kind)) => kind,
+        Some(None) => return Err(bad(ErrorCode::BadRequest, "type must be a string")),
         None => return Err(bad(ErrorCode::BadRequest, "missing field type")),
     };
-    let request = match kind {
+    let request = match &*kind {
         "subscribe" => {
             let since = match raw.since {
                 None | Some(serde_json::Value::Null) => None,
@@ -187,18 +208,18 @@ pub fn decode(text: &str) -> Result<Incoming, RequestError> {
     Ok(Incoming { id, request })
 }
 
-fn group_field(group: Option<serde_json::Value>, id: Option<u64>) -> Result<GroupName, RequestError> {
-    match group {
-        Some(serde_json::Value::String(name)) => GroupName::new(&name).map_err(|e| invalid_group(id, &e)),
-        Some(_) => Err(RequestError::new(id, ErrorCode::BadRequest, "group must be a string")),
+fn group_field(group: Option<&RawValue>, id: Option<u64>) -> Result<GroupName, RequestError> {
+    match group.map(string) {
+        Some(Some(name)) => GroupName::new(&name).map_err(|e| invalid_group(id, &e)),
+        Some(None) => Err(RequestError::new(id, ErrorCode::BadRequest, "group must be a string")),
         None => Err(RequestError::new(id, ErrorCode::BadRequest, "missing field group")),
     }
 }
 
-fn token_field(token: Option<serde_json::Value>, id: Option<u64>) -> Result<String, RequestError> {
-    match token {
-        Some(serde_json::Value::String(token)) => Ok(token),
-        _ => Err(RequestError::new(id, ErrorCode::BadRequest, "token must be a string")),
+fn token_field(token: Option<&RawValue>, id: Option<u64>) -> Result<String, RequestError> {
+    match token.and_then(string) {
+        Some(token) => Ok(token.into_owned()),
+        None => Err(RequestError::new(id, ErrorCode::BadRequest, "token must be a string")),
     }
 }
 
@@ -257,10 +278,27 @@ enum ServerFrame<'a> {
     },
 }
 
+/// A frame is serialized into this thread's buffer and copied out at its exact size: one
+/// allocation per frame, where a `String` of its own took two (its buffer, then the header that
+/// `Bytes` adds to a buffer with room to spare). A buffer grown past this is not kept.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
 fn encode(frame: &ServerFrame<'_>) -> Utf8Bytes {
-    // Serializing these types cannot fail: every key is a string and no map holds non-string keys.
-    let text = serde_json::to_string(frame).expect("server frames always serialize");
-    Utf8Bytes::from(text)
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        // Serializing these types cannot fail: every key is a string and no map holds
+        // non-string keys; serde_json writes UTF-8.
+        serde_json::to_writer(&mut *scratch, frame).expect("server frames always serialize");
+        let text = std::str::from_utf8(scratch).expect("serde_json writes UTF-8");
+        let frame = Utf8Bytes::from(text);
+        if scratch.capacity() > SCRATCH_KEPT {
+            *scratch = Vec::new();
+        }
+        frame
+    })
 }
 
 /// `{"type":"welcome","client":..,"node":..}`, the first frame of every connection.
@@ -403,6 +441,11 @@ mod tests {
             decode(r#"{"type":"unsubscribe","group":"g","extra":true}"#).unwrap().request,
             Request::Unsubscribe { .. }
         ));
+        // Strings with escapes are read as well as plain ones.
+        let escaped = decode(r#"{"type":"sub\u0073cribe","group":"chat\u002ea"}"#).unwrap();
+        assert!(matches!(escaped.request, Request::Subscribe { group, .. } if group.as_str() == "chat.a"));
+        let auth = decode(r#"{"type":"auth","token":"a\"b"}"#).unwrap();
+        assert!(matches!(auth.request, Request::Auth { token } if token == "a\"b"));
     }
 
     #[test]
@@ -418,6 +461,12 @@ mod tests {
             (Some(3), ErrorCode::InvalidGroup)
         );
         assert_eq!(code_of(r#"{"type":"subscribe","group":5,"id":3}"#), (Some(3), ErrorCode::BadRequest));
+        // A field given as null is of the wrong type, not missing.
+        let message = |text| decode(text).unwrap_err().message;
+        assert_eq!(message(r#"{"type":null}"#), "type must be a string");
+        assert_eq!(message(r#"{"type":"subscribe","group":null}"#), "group must be a string");
+        assert_eq!(message(r#"{"type":"subscribe"}"#), "missing field group");
+        assert_eq!(message(r#"{"type":"auth","token":null}"#), "token must be a string");
         assert_eq!(code_of(r#"{"type":"publish","group":"g","id":4}"#), (Some(4), ErrorCode::BadRequest));
         assert_eq!(
             code_of(r#"{"type":"subscribe","group":"g","since":{"offset":-1,"epoch":"e"},"id":5}"#),
