@@ -66,10 +66,10 @@ impl CompiledRoute {
         Ok(compiled)
     }
 
-    /// The grants of one connection, from its path parameters.
-    fn grants(&self, params: &HashMap<String, String>) -> Result<Grants, String> {
+    /// The grants of one connection, from its path parameters (kept for the connect hook).
+    fn grants(&self, params: HashMap<String, String>) -> Result<Grants, String> {
         let fill =
-            |t: &RouteTemplate| t.fill(params).map_err(|e| format!("path gives an invalid group: {e}"));
+            |t: &RouteTemplate| t.fill(&params).map_err(|e| format!("path gives an invalid group: {e}"));
         Ok(Grants {
             subscribe: self.subscribe.iter().map(fill).collect::<Result<_, _>>()?,
             publish: self
@@ -78,7 +78,7 @@ impl CompiledRoute {
                 .map(|p| p.iter().map(fill).collect::<Result<_, _>>())
                 .transpose()?,
             since: HashMap::new(),
-            params: params.clone(),
+            params,
         })
     }
 }
@@ -90,7 +90,7 @@ pub(super) fn handler(route: Arc<CompiledRoute>) -> MethodRouter<Arc<Gateway>> {
               Path(params): Path<HashMap<String, String>>,
               admitted: Admitted,
               ws: WebSocketUpgrade| async move {
-            match route.grants(&params) {
+            match route.grants(params) {
                 Ok(grants) => session::upgrade(gateway, ws, admitted, grants),
                 Err(message) => ApiError::bad_request(ErrorCode::InvalidGroup, message).into_response(),
             }

@@ -322,8 +322,7 @@ impl Session {
     async fn leave(&self, group: &GroupName) {
         let gateway = &self.gateway;
         gateway.hub.leave(group, self.id);
-        let client = self.info.client.clone();
-        gateway.track(|| Change::Leave { client, group: group.to_string() });
+        gateway.track(|| Change::Leave { client: self.info.client.clone(), group: group.to_string() });
         gateway.metrics.subscriptions.dec();
         let namespace = gateway.config.namespace(group.namespace());
         if namespace.presence {

@@ -140,8 +140,13 @@ fn run(
         tracing::debug!("connected");
         match Box::pin(session.authenticate(&mut stream, handshake)).await {
             Ok(assigned) => {
-                Box::pin(session.join_assigned(assigned)).await;
-                Box::pin(session.join_granted()).await;
+                // Boxed only when there is a group to join: each box is an allocation.
+                if !assigned.is_empty() {
+                    Box::pin(session.join_assigned(assigned)).await;
+                }
+                if !session.grants.subscribe.is_empty() {
+                    Box::pin(session.join_granted()).await;
+                }
                 session.read(&mut stream).await;
             }
             Err(refused) => session.refuse(refused),
@@ -195,8 +200,7 @@ impl Session {
         self.leave_all().await;
         self.gateway.close_session(self.id);
         if self.info.user.is_some() {
-            let client = self.info.client.clone();
-            self.gateway.track(|| Change::Disconnect { client });
+            self.gateway.track(|| Change::Disconnect { client: self.info.client.clone() });
         }
         let code = self.outbox.close_requested();
         if let Some(code) = code.filter(|c| ![close::NORMAL, close::GONE].contains(c)) {
