@@ -212,7 +212,8 @@ impl Gateway {
         self.metrics.messages_in.inc();
         if let Some(egress) = &self.egress {
             let (client, user) = by.map_or((None, None), |c| (Some(c.client.as_str()), c.user.as_deref()));
-            egress.send(group, data, client, user).await;
+            // Boxed: only a bridged deployment sends, and every publish's future would carry it.
+            Box::pin(egress.send(group, data, client, user)).await;
         }
     }
 

@@ -10,7 +10,7 @@
 use std::sync::LazyLock;
 
 use tokio::runtime::{Builder, Handle};
-use tokio::task::JoinError;
+use tokio::task::JoinHandle;
 
 static THREAD: LazyLock<Handle> = LazyLock::new(|| {
     let runtime = Builder::new_current_thread().enable_all().build().expect("the Redis I/O runtime builds");
@@ -22,9 +22,9 @@ static THREAD: LazyLock<Handle> = LazyLock::new(|| {
     handle
 });
 
-/// Runs `future` on the Redis I/O thread and returns its output.
-pub(super) async fn run<T: Send + 'static>(
-    future: impl Future<Output = T> + Send + 'static,
-) -> Result<T, JoinError> {
-    THREAD.spawn(future).await
+/// Runs `future` on the Redis I/O thread; the handle gives its output. Spawned at once rather
+/// than when awaited, so the caller's future holds a handle, not `future` (a connection's setup
+/// is kilobytes, and every pooled command's future had room for it).
+pub(super) fn run<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> JoinHandle<T> {
+    THREAD.spawn(future)
 }

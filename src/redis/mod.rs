@@ -169,8 +169,12 @@ pub(crate) async fn run_pipeline<T: ::redis::FromRedisValue>(
 }
 
 /// [`Unavailable`] when `work` takes longer than [`COMMAND_TIMEOUT`].
-async fn in_time<T>(work: impl Future<Output = Result<T, Unavailable>>) -> Result<T, Unavailable> {
+/// A plain function, not an `async fn`: one would keep `work` as its argument beside the
+/// timeout that holds it, twice the size in every caller's future.
+fn in_time<T>(
+    work: impl Future<Output = Result<T, Unavailable>>,
+) -> impl Future<Output = Result<T, Unavailable>> {
+    use futures_util::FutureExt;
     tokio::time::timeout(COMMAND_TIMEOUT, work)
-        .await
-        .map_err(|_| Unavailable("redis did not answer in time".into()))?
+        .map(|done| done.map_err(|_| Unavailable("redis did not answer in time".into()))?)
 }

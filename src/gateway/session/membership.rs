@@ -65,7 +65,9 @@ pub(super) fn refusal(e: HookError) -> RequestError {
 }
 
 impl Session {
-    /// Joins `group` and answers (a reply, then any recovered messages).
+    /// Joins `group` and answers (a reply, then any recovered messages). What only some joins
+    /// do (ask the subscribe hook, read history) is boxed: a future is as large as its largest
+    /// state, and a plain join would otherwise move and allocate kilobytes it never uses.
     pub(super) async fn subscribe(
         &mut self,
         asked: Asked,
@@ -83,7 +85,7 @@ impl Session {
         if let Some(gate) = self.groups.gate(&group) {
             return match (gate.clone(), history, since) {
                 (Some(gate), Some(policy), Some(since)) => {
-                    self.recover_member(asked, &group, gate, policy, since).await
+                    Box::pin(self.recover_member(asked, &group, gate, policy, since)).await
                 }
                 _ => {
                     self.reply(asked, None).await;
@@ -100,7 +102,9 @@ impl Session {
             return Err(RequestError::new(id, ErrorCode::Forbidden, message));
         }
         if namespace.subscribe_proxy && !matches!(asked, Asked::Server) {
-            self.ask_subscribe_hook(&group, since.as_ref()).await.map_err(|e| RequestError { id, ..e })?;
+            Box::pin(self.ask_subscribe_hook(&group, since.as_ref()))
+                .await
+                .map_err(|e| RequestError { id, ..e })?;
         }
         let gate = history.map(|policy| (Arc::new(Gate::holding(gateway.config.outbound_queue)), policy));
         gateway.hub.join(&group, self.id, &self.outbox, gate.clone()).await.map_err(unavailable)?;
@@ -108,7 +112,7 @@ impl Session {
         gateway.metrics.subscriptions.inc();
         match gate {
             Some((gate, policy)) => {
-                if let Err(e) = self.catch_up_joined(asked, &group, since, policy, gate).await {
+                if let Err(e) = Box::pin(self.catch_up_joined(asked, &group, since, policy, gate)).await {
                     // Nobody was told of the join: leave as quietly.
                     self.forget(&group);
                     return Err(e);
