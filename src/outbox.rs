@@ -64,6 +64,8 @@ pub(crate) enum Attention {
 struct Queue {
     frames: VecDeque<Utf8Bytes>,
     bytes: usize,
+    /// Some of the frames are fan-out's ([`Outbox::push`]): more may be on their way.
+    fanned: bool,
 }
 
 impl Outbox {
@@ -89,16 +91,17 @@ impl Outbox {
     /// Queues a fan-out frame without waiting; a full queue (in frames or bytes) closes the
     /// client with 4008. Returns whether the frame was queued.
     pub(crate) fn push(&self, frame: Utf8Bytes) -> bool {
-        if self.try_queue(frame, false).is_err() {
+        if self.try_queue(frame, true, false).is_err() {
             self.close(close::SLOW_CONSUMER);
             return false;
         }
         true
     }
 
-    /// Queues `frame` if it fits in frames and bytes (or, when `alone_if_empty`, if nothing is
-    /// queued), and wakes the writer; gives the frame back otherwise.
-    fn try_queue(&self, frame: Utf8Bytes, alone_if_empty: bool) -> Result<(), Utf8Bytes> {
+    /// Queues `frame` (a fan-out frame when `fanned`) if it fits in frames and bytes (or, when
+    /// `alone_if_empty`, if nothing is queued), and wakes the writer; gives the frame back
+    /// otherwise.
+    fn try_queue(&self, frame: Utf8Bytes, fanned: bool, alone_if_empty: bool) -> Result<(), Utf8Bytes> {
         {
             let mut queue = crate::lock(&self.queue);
             let fits = queue.frames.len() < self.max_frames && queue.bytes + frame.len() <= self.max_bytes;
@@ -107,6 +110,7 @@ impl Outbox {
                 return Err(frame);
             }
             queue.bytes += frame.len();
+            queue.fanned |= fanned;
             queue.frames.push_back(frame);
         }
         self.ready.notify_one();
@@ -123,9 +127,11 @@ impl Outbox {
     /// first, into `batch` (empty, the writer's buffer from the burst before) and tells whether
     /// to ping first. When every queued frame fits, the two buffers change places, so a busy
     /// client's queue grows its buffer once rather than on every burst. Woken for fewer than
-    /// `linger_below` frames, it first lets the runtime's other ready tasks run once, so that
-    /// what they queue meanwhile goes out in the same burst; nothing is taken before that
-    /// wait, so dropping this future loses no frame.
+    /// `linger_below` frames of which some are fan-out's, it first lets the runtime's other
+    /// ready tasks run once, so that what they queue meanwhile goes out in the same burst;
+    /// nothing is taken before that wait, so dropping this future loses no frame. The session's
+    /// own frames alone (a reply, the welcome) go at once: it queued them before its writer
+    /// could run, and nothing else is coming with them.
     pub(crate) async fn next_batch(
         &self,
         max: usize,
@@ -134,7 +140,7 @@ impl Outbox {
     ) -> bool {
         let mut lingered = false;
         loop {
-            if !lingered && (1..linger_below).contains(&crate::lock(&self.queue).frames.len()) {
+            if !lingered && self.small_fanned_burst(linger_below) {
                 lingered = true;
                 tokio::task::yield_now().await;
             }
@@ -146,6 +152,12 @@ impl Outbox {
             // A wake-up that came before this wait is kept by `Notify`: none is lost.
             self.ready.notified().await;
         }
+    }
+
+    /// Whether fewer than `below` frames are queued, some of them fan-out's.
+    fn small_fanned_burst(&self, below: usize) -> bool {
+        let queue = crate::lock(&self.queue);
+        queue.fanned && (1..below).contains(&queue.frames.len())
     }
 
     /// Takes up to `max` queued frames without waiting.
@@ -166,6 +178,7 @@ impl Outbox {
             if queue.frames.len() <= max {
                 std::mem::swap(&mut queue.frames, batch);
                 queue.bytes = 0;
+                queue.fanned = false;
             } else {
                 batch.extend(queue.frames.drain(..max));
                 queue.bytes -= batch.iter().map(|frame| frame.len()).sum::<usize>();
@@ -189,7 +202,7 @@ impl Outbox {
             room.as_mut().enable();
             // Counted before trying: a writer taking frames in between sees the wait and wakes it.
             self.waiting.fetch_add(1, Ordering::AcqRel);
-            let unsent = self.try_queue(frame, true).err();
+            let unsent = self.try_queue(frame, false, true).err();
             if unsent.is_some() {
                 tokio::select! {
                     _ = &mut room => {}
@@ -324,7 +337,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_small_burst_waits_for_the_other_tasks_once_before_it_is_taken() {
+    async fn a_small_fan_out_burst_waits_for_the_other_tasks_once_before_it_is_taken() {
         let outbox = Arc::new(Outbox::new(100, 1024));
         let writer = |linger_below| {
             let outbox = outbox.clone();
@@ -342,6 +355,12 @@ mod tests {
             assert_eq!(taking.await.unwrap(), expected, "lingering below {linger_below}");
             outbox.take(8);
         }
+        // The session's own frames go at once: it queued what it had before the writer ran.
+        let taking = writer(32);
+        assert!(outbox.send(Utf8Bytes::from_static("reply")).await);
+        tokio::task::yield_now().await;
+        assert!(outbox.push(Utf8Bytes::from_static("c")));
+        assert_eq!(taking.await.unwrap(), ["reply"]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The sending half of a session: drains the outbox into the socket.
 //!
 //! Each burst takes every frame queued; they are written together and flushed once. A small burst
-//! lingers one scheduling round first, to go out with what follows it. Taking the whole queue
+//! of fan-out frames lingers one scheduling round first, to go out with what follows it; the
+//! session's own (the welcome, a reply) go at once. Taking the whole queue
 //! empties it at once: a client whose writer waits on a full socket has a whole `outbound_queue` of
 //! room for what comes meanwhile before it is closed as a slow consumer, as the ceiling has
 //! (BENCHMARKS.md); a large burst does not hold a worker, since the socket's writes yield whenever
@@ -24,13 +25,14 @@ use crate::gateway::cork::Cork;
 use crate::outbox::Outbox;
 use crate::protocol::close;
 
-/// A writer woken for fewer frames than this lets the other ready tasks run once before it
-/// takes them, so what arrives meanwhile goes out in the same burst. When a fan-out wakes many
-/// writers one message at a time (single-message POSTs, each its own Redis message), a writer
-/// that wrote at once would go out with one or two frames and be woken again for the next;
-/// lingering a scheduling round lets the delivering task queue the next messages first. An idle
-/// runtime gets back to the writer at once, so the wait is as long as the load makes it. It
-/// took the frames per write from 12.7 to 16.6 under HTTP-published fan-out (BENCHMARKS.md).
+/// A writer woken for fewer frames than this, some of them fan-out's, lets the other ready
+/// tasks run once before it takes them, so what arrives meanwhile goes out in the same burst.
+/// When a fan-out wakes many writers one message at a time (single-message POSTs, each its own
+/// Redis message), a writer that wrote at once would go out with one or two frames and be woken
+/// again for the next; lingering a scheduling round lets the delivering task queue the next
+/// messages first. An idle runtime gets back to the writer at once, so the wait is as long as
+/// the load makes it. It took the frames per write from 12.7 to 16.6 under HTTP-published
+/// fan-out (BENCHMARKS.md).
 const LINGER_BELOW: usize = 32;
 /// The burst buffers a writer keeps for the next burst, by capacity in frames: a busy client
 /// reuses one instead of growing a new queue every burst, while a client that gets a frame now
