@@ -122,7 +122,7 @@ impl Drop for Slot {
 pub(super) struct Admitted {
     pub(super) peer: SocketAddr,
     pub(super) token: Option<String>,
-    /// The request path (for the connect hook).
+    /// The request path, for the connect hook (empty unless `auth = "proxy"`).
     pub(super) path: String,
     /// The handshake headers the connect hook receives (`[proxy] forward_headers`).
     pub(super) headers: HeaderMap,
@@ -175,14 +175,15 @@ impl FromRequestParts<Arc<Gateway>> for Admitted {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, message));
         }
         let (token, since) = parse_query(parts.uri.query().unwrap_or(""))?;
-        let headers = match (&gateway.hooks, gateway.config.auth_mode()) {
-            (Some(hooks), AuthMode::Proxy) => hooks.forwarded(&parts.headers),
-            _ => HeaderMap::new(),
+        // What only the connect hook is told: copied for no one else.
+        let (path, headers) = match (&gateway.hooks, gateway.config.auth_mode()) {
+            (Some(hooks), AuthMode::Proxy) => (parts.uri.path().to_string(), hooks.forwarded(&parts.headers)),
+            _ => (String::new(), HeaderMap::new()),
         };
         gateway.admission.reserve(peer.ip())?;
         let slot = Slot { gateway: gateway.clone(), ip: peer.ip() };
         let cork = parts.extensions.get::<Arc<Cork>>().cloned();
-        Ok(Self { peer, token, path: parts.uri.path().to_string(), headers, since, slot, cork })
+        Ok(Self { peer, token, path, headers, since, slot, cork })
     }
 }
 

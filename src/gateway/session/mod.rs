@@ -131,9 +131,10 @@ fn run(
     let (sink, mut stream) = socket.split();
     let writer = writer::run(sink, session.outbox.clone(), session.gateway.config.write_timeout, cork);
     let writer = tokio::spawn(writer.instrument(span.clone()));
-    // Everything but the read loop runs boxed: a session's task is as large as its largest
-    // state, and the hooks', egress' and recovery's futures would make every idle connection
-    // pay for them (they tripled the memory per connection).
+    // What is larger than the read loop runs boxed: a session's task is as large as its largest
+    // state, and every idle connection would pay for it (the hooks', egress' and recovery's
+    // futures once tripled the memory per connection). The end is smaller, and not boxed: a box
+    // is an allocation per session.
     async move {
         // Counted against the connection limits until the session ends.
         let _slot = slot;
@@ -151,7 +152,7 @@ fn run(
             }
             Err(refused) => session.refuse(refused),
         }
-        let code = Box::pin(session.end()).await;
+        let code = session.end().await;
         let _ = writer.await;
         drain_until_closed(stream).await;
         tracing::debug!(close = code, "disconnected");
