@@ -115,6 +115,18 @@ impl Redis {
         redis::from_redis_value(value).expect("redis reply type")
     }
 
+    /// Waits until a position read from this Redis is trusted: a full second after it started.
+    /// LASTSAVE, which a restart resets, counts whole seconds, so data lost by a restart within
+    /// that second would go unnoticed: recovery from a position read earlier reports it lost.
+    pub async fn settled(&self) {
+        eventually("redis a full second old", || async {
+            let began: i64 = self.query(&["LASTSAVE"]).await;
+            let (now, _): (i64, i64) = self.query(&["TIME"]).await;
+            now > began
+        })
+        .await;
+    }
+
     /// A command whose arguments are bytes.
     pub async fn query_bytes<T: redis::FromRedisValue>(&self, args: &[&[u8]]) -> T {
         let client = redis::Client::open(self.url()).unwrap();

@@ -112,6 +112,8 @@ async fn a_route_client_recovers_what_it_missed_even_before_its_first_message() 
     let profile = std::env::temp_dir().join(format!("herald-js-route-{}", std::process::id()));
     let page = driver.browser(&profile).await;
     page.goto(&format!("http://{addr}/healthz")).await.unwrap();
+    // The group is quiet: where the client stands is only trusted once Redis is a second old.
+    redis.settled().await;
 
     // Joined by the route: its `subscribed` frame is where the client stands in the group.
     let joined = run(

@@ -175,9 +175,7 @@ async fn recovery_reads_only_what_is_missing_and_new_names_create_nothing_in_red
 async fn a_client_of_a_quiet_group_recovers_its_first_messages() {
     let redis = Redis::start().await;
     let node = feed_node(&redis, "gw-1").await;
-    // A position is trusted a full second after Redis started (LASTSAVE counts whole seconds):
-    // data lost by a restart in between would otherwise go unnoticed.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    redis.settled().await;
     let mut client = node.client().await;
     let waiting = client.request(json!({"type": "subscribe", "group": "feed.quiet"})).await["result"].clone();
     assert_eq!(waiting["offset"], 0);
