@@ -91,21 +91,21 @@ impl Outbox {
     /// Queues a fan-out frame without waiting; a full queue (in frames or bytes) closes the
     /// client with 4008. Returns whether the frame was queued.
     pub(crate) fn push(&self, frame: Utf8Bytes) -> bool {
-        if self.try_queue(frame, true, false).is_err() {
+        if self.try_queue(frame, true).is_err() {
             self.close(close::SLOW_CONSUMER);
             return false;
         }
         true
     }
 
-    /// Queues `frame` (a fan-out frame when `fanned`) if it fits in frames and bytes (or, when
-    /// `alone_if_empty`, if nothing is queued), and wakes the writer; gives the frame back
-    /// otherwise.
-    fn try_queue(&self, frame: Utf8Bytes, fanned: bool, alone_if_empty: bool) -> Result<(), Utf8Bytes> {
+    /// Queues `frame` if it fits in frames and bytes, and wakes the writer; gives the frame back
+    /// otherwise. A fan-out frame (`fanned`) marks the queue as one more may follow; the
+    /// session's own frame also goes alone into an empty queue, however large.
+    fn try_queue(&self, frame: Utf8Bytes, fanned: bool) -> Result<(), Utf8Bytes> {
         {
             let mut queue = crate::lock(&self.queue);
             let fits = queue.frames.len() < self.max_frames && queue.bytes + frame.len() <= self.max_bytes;
-            let alone = alone_if_empty && queue.frames.is_empty();
+            let alone = !fanned && queue.frames.is_empty();
             if !(fits || alone) {
                 return Err(frame);
             }
@@ -202,7 +202,7 @@ impl Outbox {
             room.as_mut().enable();
             // Counted before trying: a writer taking frames in between sees the wait and wakes it.
             self.waiting.fetch_add(1, Ordering::AcqRel);
-            let unsent = self.try_queue(frame, false, true).err();
+            let unsent = self.try_queue(frame, false).err();
             if unsent.is_some() {
                 tokio::select! {
                     _ = &mut room => {}

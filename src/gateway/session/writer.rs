@@ -2,14 +2,14 @@
 //!
 //! Each burst takes every frame queued; they are written together and flushed once. A small burst
 //! of fan-out frames lingers one scheduling round first, to go out with what follows it; the
-//! session's own (the welcome, a reply) go at once. Taking the whole queue
-//! empties it at once: a client whose writer waits on a full socket has a whole `outbound_queue` of
-//! room for what comes meanwhile before it is closed as a slow consumer, as the ceiling has
-//! (BENCHMARKS.md); a large burst does not hold a worker, since the socket's writes yield whenever
-//! tokio's budget for one poll runs out. A close request wins over a write in progress: a slow
-//! consumer is closed with 4008 at once (its queue dropped), even in the middle of a write the
-//! client is not reading. A write that makes no progress for `write_timeout` (the client stopped
-//! reading and its socket buffers are full) ends the session as a slow consumer too.
+//! session's own (the welcome, a reply) go at once. Taking the whole queue empties it at once: a
+//! client whose writer waits on a full socket has a whole `outbound_queue` of room for what comes
+//! meanwhile before it is closed as a slow consumer, as the ceiling has (BENCHMARKS.md); a large
+//! burst does not hold a worker, since the socket's writes yield whenever tokio's budget for one
+//! poll runs out. A close request wins over a write in progress: a slow consumer is closed with
+//! 4008 at once (its queue dropped), even in the middle of a write the client is not reading. A
+//! write that makes no progress for `write_timeout` (the client stopped reading and its socket
+//! buffers are full) ends the session as a slow consumer too.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
