@@ -128,27 +128,23 @@ impl RequestError {
 /// strings stay in the frame's text (read by [`string`]) rather than being copied out.
 #[derive(Deserialize)]
 struct RawFrame<'a> {
-    #[serde(rename = "type", default, borrow, deserialize_with = "present_in")]
+    #[serde(rename = "type", default, borrow, deserialize_with = "present")]
     kind: Option<&'a RawValue>,
     id: Option<serde_json::Value>,
-    #[serde(default, borrow, deserialize_with = "present_in")]
+    #[serde(default, borrow, deserialize_with = "present")]
     group: Option<&'a RawValue>,
     #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     since: Option<serde_json::Value>,
-    #[serde(default, borrow, deserialize_with = "present_in")]
+    #[serde(default, borrow, deserialize_with = "present")]
     token: Option<&'a RawValue>,
 }
 
-/// Keeps an explicit `"data": null` as data (plain `Option` would read it as absent).
-pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
-    Box::<RawValue>::deserialize(d).map(Some)
-}
-
-/// [`present`] for a field left in the frame's text: `null` is a value of the wrong type there,
-/// not a missing field.
-fn present_in<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+/// Keeps an explicit `null` as a value (plain `Option` would read it as absent): `"data": null`
+/// is data, and a `null` left in the frame's text is a value of the wrong type, not a missing
+/// field.
+pub(crate) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// The text of a JSON string, borrowed from the frame unless it has escapes; `None` when `raw`
